@@ -1,0 +1,77 @@
+# MCP Bastion: the only entry points. `make up` runs the stack, `make test` tests it.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV ?= $(shell command -v uv 2>/dev/null || echo $(VENV)/bin/uv)
+PACKAGES := libs/common services/auth services/keys services/tools services/audit
+SRC := $(addsuffix /src,$(PACKAGES))
+COMPOSE := docker compose -f deploy/compose.yaml --env-file deploy/.env
+export TESTCONTAINERS_RYUK_DISABLED := true
+
+.PHONY: help install lock env docker up down clean logs ps lint test unit integration bench demo
+
+help:
+	@echo "make up          build and start the stack, wait until healthy, print the URLs"
+	@echo "make down        stop the stack (data kept; 'make clean' also deletes volumes)"
+	@echo "make logs        follow the services' JSON logs"
+	@echo "make test        unit tests, then the integration tests against a fresh stack"
+	@echo "make lint        ruff and mypy --strict"
+	@echo "make install     the virtual environment ($(VENV)) from requirements.lock"
+
+# One environment for the workspace: the hash-pinned lock, then our packages without deps.
+install: $(VENV)/.installed
+$(VENV)/.installed: requirements.lock pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
+	@command -v uv >/dev/null 2>&1 || [ -x $(VENV)/bin/uv ] || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q 'uv>=0.5'; }
+	@[ -x $(PY) ] || $(UV) venv -q --python python3 $(VENV)
+	$(UV) pip sync -q --python $(PY) --require-hashes requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation $(addprefix -e ,$(PACKAGES))
+	@touch $@
+
+# Regenerate the lock after changing a pyproject.toml (needs the registry).
+lock:
+	$(UV) lock
+	$(UV) export -q --format requirements-txt --no-emit-workspace --all-packages --all-groups --frozen -o requirements.lock
+
+env:
+	@bash deploy/gen-env.sh deploy/.env
+
+# Engine, Compose plugin and base image; records the base image to build from.
+docker:
+	@bash deploy/setup.sh > deploy/.base-image
+
+up: env docker
+	BASE_IMAGE=$$(cat deploy/.base-image) $(COMPOSE) up --build --detach --wait --wait-timeout 180
+	@echo
+	@echo "MCP Bastion is up:"
+	@echo "  auth   http://localhost:$${AUTH_PORT:-8001}   (OAuth 2.1 authorization server)"
+	@echo "  keys   http://localhost:$${KEYS_PORT:-8002}   (API keys)"
+	@echo "  tools  http://localhost:$${TOOLS_PORT:-8003}/mcp   (MCP server)"
+	@echo "  audit  http://localhost:$${AUDIT_PORT:-8004}   (audit record and reports)"
+	@echo "  admin user: $$(grep ^BOOTSTRAP_ADMIN_USERNAME deploy/.env | cut -d= -f2) (password in deploy/.env)"
+
+down:
+	@[ -f deploy/.env ] && $(COMPOSE) down || true
+
+clean:
+	@[ -f deploy/.env ] && $(COMPOSE) down --volumes || true
+
+logs:
+	$(COMPOSE) logs --follow --tail 100
+
+ps:
+	$(COMPOSE) ps
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(SRC) deploy/runtime_lock.py
+
+unit: install
+	$(VENV)/bin/pytest $(addsuffix /tests,$(PACKAGES)) tests/deploy
+
+integration: install docker
+	BASE_IMAGE=$$(cat deploy/.base-image) $(VENV)/bin/pytest tests/integration
+
+test: unit integration

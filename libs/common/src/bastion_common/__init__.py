@@ -1,0 +1,3 @@
+"""Code shared by the MCP Bastion services."""
+
+__all__: list[str] = []

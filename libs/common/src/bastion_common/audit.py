@@ -1,0 +1,244 @@
+"""Audit events: the versioned schema and the publisher that never drops one.
+
+Every service describes security-relevant steps as `AuditEvent`s and hands them to an
+`AuditPublisher`, which appends them to the Redis stream `audit:events` (the `audit`
+service consumes it). Values that look like secrets are redacted before an event leaves
+the process.
+
+When Redis cannot be reached the publisher appends events to a local spool file
+(JSON lines, fsynced) and a background task replays them in order once Redis answers;
+while the spool holds anything, new events queue behind it so order is kept. Replays
+may repeat an event after a crash; the collector stores by event id, so a repeat is
+harmless.
+
+Two ways to publish:
+- `await publish(event)`: the event is in Redis (or the spool) when it returns;
+- `emit(event)`: returns at once; a background flusher sends queued events in batches,
+  one round trip per batch, so a hot path does not wait on Redis for its audit record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bastion_common.logging import get_logger, redact, request_id_var
+
+__all__ = [
+    "AUDIT_STREAM",
+    "SCHEMA_VERSION",
+    "AuditEvent",
+    "AuditPublisher",
+    "Outcome",
+]
+
+AUDIT_STREAM = "audit:events"
+SCHEMA_VERSION: Literal[1] = 1
+Outcome = Literal["success", "failure", "denied", "error"]
+_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+log = get_logger(__name__)
+
+
+def _current_request_id() -> str | None:
+    return request_id_var.get()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AuditEvent(BaseModel):
+    """One security-relevant fact. Version 1 of the schema; add fields, never repurpose."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=8, max_length=64)
+    time: datetime = Field(default_factory=_now)
+    type: str = Field(max_length=64, description="dotted name, e.g. token.issued")
+    service: str = Field(max_length=32)
+    outcome: Outcome = "success"
+    principal: str | None = Field(default=None, max_length=256)
+    client_id: str | None = Field(default=None, max_length=512)
+    ip: str | None = Field(default=None, max_length=64)
+    tool: str | None = Field(default=None, max_length=64)
+    request_id: str | None = Field(default_factory=_current_request_id, max_length=128)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if not _TYPE.match(value):
+            raise ValueError("type must be a dotted lower-case name such as token.issued")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("time must carry a timezone")
+        return value.astimezone(UTC)
+
+    @field_validator("details")
+    @classmethod
+    def _redacted(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return redact(value)
+
+    def to_stream_fields(self) -> dict[str, str]:
+        return {"v": str(self.schema_version), "event": self.model_dump_json()}
+
+    @classmethod
+    def from_stream_fields(cls, fields: dict[bytes, bytes] | dict[str, str]) -> AuditEvent:
+        raw = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+        return cls.model_validate_json(raw["event"])
+
+
+class AuditPublisher:
+    """Appends events to the audit stream; spools to disk while Redis is unreachable."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        spool_path: str | os.PathLike[str],
+        *,
+        stream: str = AUDIT_STREAM,
+        batch_size: int = 256,
+        retry_interval: float = 0.5,
+    ) -> None:
+        self._redis = redis
+        self._spool = Path(spool_path)
+        self._stream = stream
+        self._batch_size = batch_size
+        self._retry_interval = retry_interval
+        self._spool_lock = asyncio.Lock()
+        self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue()
+        self._flusher: asyncio.Task[None] | None = None
+        self._replayer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def spooled(self) -> bool:
+        """True while events wait in the spool file for Redis to come back."""
+        return self._spool.exists() and self._spool.stat().st_size > 0
+
+    async def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_loop(), name="audit-flusher")
+        if self.spooled:
+            self._start_replay()
+
+    async def close(self) -> None:
+        """Send what is queued (to Redis or the spool) and stop the background tasks."""
+        self._closed = True
+        if self._flusher:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        pending = []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        if pending:
+            await self._send(pending)
+        if self._replayer:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+
+    async def publish(self, event: AuditEvent) -> None:
+        await self._send([event])
+
+    def emit(self, event: AuditEvent) -> None:
+        self._queue.put_nowait(event)
+
+    async def drain(self) -> None:
+        """Wait until every emitted event has been sent (or spooled)."""
+        await self._queue.join()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._send(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _send(self, events: Sequence[AuditEvent]) -> None:
+        if not self.spooled:
+            try:
+                await self._xadd([e.to_stream_fields() for e in events])
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("audit.spooling", reason=type(exc).__name__, count=len(events))
+        await self._append_spool([e.model_dump_json() for e in events])
+        self._start_replay()
+
+    async def _xadd(self, entries: Sequence[dict[str, str]]) -> None:
+        if len(entries) == 1:
+            await self._redis.xadd(self._stream, entries[0])  # type: ignore[arg-type]
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for fields in entries:
+                pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def _append_spool(self, lines: Sequence[str]) -> None:
+        async with self._spool_lock:
+            await asyncio.to_thread(self._write_spool, lines)
+
+    def _write_spool(self, lines: Sequence[str]) -> None:
+        self._spool.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, "".join(line + "\n" for line in lines).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _start_replay(self) -> None:
+        if self._replayer is None or self._replayer.done():
+            self._replayer = asyncio.create_task(self._replay_loop(), name="audit-replay")
+
+    async def _replay_loop(self) -> None:
+        while self.spooled:
+            try:
+                await self._replay_once()
+            except (RedisError, OSError):
+                await asyncio.sleep(self._retry_interval)
+
+    async def _replay_once(self) -> None:
+        # Hold the lock while sending so nothing is appended between read and truncate.
+        async with self._spool_lock:
+            text = await asyncio.to_thread(self._spool.read_text)
+            lines = [line for line in text.splitlines() if line.strip()]
+            entries = []
+            for line in lines:
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError:
+                    # A torn last line from a crash mid-write: keep it visible, don't loop on it.
+                    log.error("audit.spool_line_unreadable", length=len(line))
+                    continue
+                entries.append({"v": str(SCHEMA_VERSION), "event": line})
+            for start in range(0, len(entries), self._batch_size):
+                await self._xadd(entries[start : start + self._batch_size])
+            await asyncio.to_thread(self._spool.write_text, "")
+        log.info("audit.spool_replayed", count=len(entries))

@@ -1,0 +1,129 @@
+"""What every service's HTTP side shares: request context, ops routes, metrics.
+
+- `RequestContextMiddleware` (pure ASGI): takes `X-Request-ID` from the request (or
+  makes one), binds it to the logs, returns it on the response, logs one
+  `http.request` line and records Prometheus metrics.
+- `ops_router()`: `GET /healthz` (the process answers), `GET /readyz` (its dependencies
+  answer: Redis at least) and `GET /metrics` (Prometheus text format).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bastion_common.logging import get_logger, new_request_id, request_id_var, valid_request_id
+
+__all__ = ["ReadinessCheck", "RequestContextMiddleware", "ops_router", "redis_check"]
+
+log = get_logger(__name__)
+
+HTTP_REQUESTS = Counter(
+    "bastion_http_requests_total", "HTTP requests served", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "bastion_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+def _route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    # Unmatched paths share one label so that scanners cannot blow up metric cardinality.
+    return str(path) if path else "unmatched"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                incoming = valid_request_id(value.decode("latin-1"))
+                break
+        request_id = incoming or new_request_id()
+        token = request_id_var.set(request_id)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_label(scope)
+            method = scope.get("method", "")
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_LATENCY.labels(method, route).observe(elapsed)
+            if scope.get("path") not in _QUIET_PATHS:
+                log.info(
+                    "http.request",
+                    method=method,
+                    path=scope.get("path"),
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
+            request_id_var.reset(token)
+
+
+def redis_check(redis: Redis) -> ReadinessCheck:
+    async def check() -> None:
+        await redis.ping()
+
+    return check
+
+
+def ops_router(checks: Callable[[], Sequence[tuple[str, ReadinessCheck]]]) -> APIRouter:
+    """Health, readiness and metrics routes; `checks` lists (name, check) pairs."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        results: dict[str, str] = {}
+        ready = True
+        for name, check in checks():
+            try:
+                await check()
+                results[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+                ready = False
+                results[name] = f"unavailable ({type(exc).__name__})"
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "checks": results},
+            status_code=200 if ready else 503,
+        )
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

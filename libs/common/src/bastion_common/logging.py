@@ -1,0 +1,152 @@
+"""Structured JSON logs on stdout, with a request id that crosses services.
+
+Every line is one JSON object (structlog). The request id lives in a contextvar: the
+`RequestContextMiddleware` in `http.py` takes it from `X-Request-ID` (or makes one) and
+outbound calls pass it on with `request_id_headers()`. A redaction processor removes
+tokens, keys, passwords and file contents from every event, so a careless call site
+cannot leak them (CONVENTIONS.md rule 11).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar
+from typing import Any
+
+import structlog
+
+__all__ = [
+    "REDACTED",
+    "configure_logging",
+    "get_logger",
+    "new_request_id",
+    "redact",
+    "request_id_headers",
+    "request_id_var",
+    "valid_request_id",
+]
+
+REDACTED = "[redacted]"
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+_SENSITIVE_KEY = re.compile(
+    r"(pass(word)?|secret|token|authorization|cookie|api[_-]?key|credential|private|"
+    r"content|code_verifier|assertion|^code$|^key$)",
+    re.IGNORECASE,
+)
+# Values that are secrets whatever key they sit under: API keys, JWTs, bearer headers.
+_SENSITIVE_VALUE = re.compile(
+    r"(mcp_[A-Za-z0-9_-]{16,}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*|"
+    r"(?i:bearer)\s+\S+)"
+)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Keys whose names match the pattern above but carry no secret.
+_SAFE_KEYS = frozenset({"token_type", "token_id", "key_id", "content_type", "content_length"})
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SENSITIVE_VALUE.sub(REDACTED, value)
+    if isinstance(value, Mapping):
+        return redact(value)
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def redact(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `data` with secret-looking keys and values replaced by REDACTED."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _SAFE_KEYS and _SENSITIVE_KEY.search(key) and value not in (None, ""):
+            out[key] = REDACTED
+        else:
+            out[key] = _redact_value(value)
+    return out
+
+
+def _redact_processor(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event = event_dict.get("event")
+    cleaned = redact({k: v for k, v in event_dict.items() if k != "event"})
+    if event is not None:
+        cleaned["event"] = _redact_value(event)
+    return cleaned
+
+
+def _add_request_id(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    request_id = request_id_var.get()
+    if request_id and "request_id" not in event_dict:
+        event_dict["request_id"] = request_id
+    return event_dict
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    """JSON lines on stdout for structlog and the standard library (uvicorn included)."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        _add_request_id,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            _redact_processor,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _redact_processor,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # Our middleware logs each request once, with its request id; uvicorn's would not.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def valid_request_id(value: str | None) -> str | None:
+    """The incoming X-Request-ID when it is safe to echo and log, else None."""
+    if value and _REQUEST_ID.match(value):
+        return value
+    return None
+
+
+def request_id_headers() -> dict[str, str]:
+    """Headers that pass the current request id on to another service."""
+    request_id = request_id_var.get()
+    return {"X-Request-ID": request_id} if request_id else {}

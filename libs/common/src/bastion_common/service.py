@@ -1,0 +1,125 @@
+"""The frame every service shares: clients owned by the lifespan, common routes, uvicorn.
+
+A service's `create_app(settings)` calls `create_service_app`, adds its own routers and
+returns. The lifespan opens Redis and the audit publisher, announces
+`service.started`, and closes both on shutdown (queued audit events are flushed first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from bastion_common.audit import AuditEvent, AuditPublisher
+from bastion_common.http import ReadinessCheck, RequestContextMiddleware, ops_router, redis_check
+from bastion_common.logging import configure_logging, get_logger
+from bastion_common.redis import Redis, create_redis
+from bastion_common.settings import ServiceSettings
+
+__all__ = ["ServiceState", "create_service_app", "run"]
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ServiceState:
+    """What the lifespan opens; routes reach it as `request.app.state.bastion`."""
+
+    settings: ServiceSettings
+    redis: Redis
+    audit: AuditPublisher
+    checks: list[tuple[str, ReadinessCheck]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ExtraLifespan = Callable[[FastAPI, ServiceState], AbstractAsyncContextManager[None]]
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    version: str = "0.1.0",
+    extra_lifespan: ExtraLifespan | None = None,
+    redis_factory: Callable[[str], Redis] = create_redis,
+    docs: bool = True,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = redis_factory(settings.redis_url.get_secret_value())
+        spool = Path(settings.spool_dir) / f"{settings.service_name}.jsonl"
+        audit = AuditPublisher(redis, spool)
+        await audit.start()
+        state = ServiceState(settings=settings, redis=redis, audit=audit)
+        state.checks.append(("redis", redis_check(redis)))
+        app.state.bastion = state
+        try:
+            if extra_lifespan is not None:
+                async with extra_lifespan(app, state):
+                    await _announce(state)
+                    yield
+            else:
+                await _announce(state)
+                yield
+        finally:
+            await audit.close()
+            await redis.aclose()
+
+    app = FastAPI(
+        title=title,
+        version=version,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(ops_router(lambda: _checks(app)))
+
+    @app.exception_handler(Exception)
+    async def unhandled(_request: Request, exc: Exception) -> JSONResponse:
+        # Never a stack trace in a response; the log line names the exception type only.
+        log.error("http.unhandled_error", error=type(exc).__name__)
+        return JSONResponse(
+            {"error": "server_error", "error_description": "internal error"}, status_code=500
+        )
+
+    return app
+
+
+def _checks(app: FastAPI) -> Sequence[tuple[str, ReadinessCheck]]:
+    state: ServiceState | None = getattr(app.state, "bastion", None)
+    return state.checks if state else []
+
+
+async def _announce(state: ServiceState) -> None:
+    await state.audit.publish(
+        AuditEvent(
+            type="service.started",
+            service=state.settings.service_name,
+            details={"version": "0.1.0"},
+        )
+    )
+    log.info("service.started", port=state.settings.port)
+
+
+def run(app: FastAPI, settings: ServiceSettings) -> None:
+    """Serve `app` with uvicorn, logs as JSON lines."""
+    configure_logging(settings.service_name, settings.log_level)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )

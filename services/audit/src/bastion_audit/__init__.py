@@ -1,0 +1,3 @@
+"""bastion_audit."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""bastion_auth."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""bastion_keys."""
+
+__all__: list[str] = []

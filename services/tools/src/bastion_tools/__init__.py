@@ -1,0 +1,3 @@
+"""bastion_tools."""
+
+__all__: list[str] = []
