@@ -1,0 +1,83 @@
+"""The whole stack, brought up once per test session with testcontainers.
+
+The stack runs under its own compose project name, with its own generated secrets and
+its own host ports, so it never collides with a stack started by `make up` (or with
+another developer's test run: set BASTION_IT_PROJECT and BASTION_IT_PORT_BASE).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from testcontainers.compose import DockerCompose
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+SERVICES = ("auth", "keys", "tools", "audit")
+
+
+@dataclass(frozen=True)
+class Stack:
+    compose: DockerCompose
+    project: str
+    env_file: Path
+    urls: dict[str, str]
+    env: dict[str, str]
+
+    def compose_cmd(self, *args: str) -> list[str]:
+        return [
+            "docker", "compose", "-p", self.project, "-f", str(DEPLOY / "compose.yaml"),
+            "--env-file", str(self.env_file), *args,
+        ]  # fmt: skip
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 - fixed argv, no shell
+            self.compose_cmd(*args), capture_output=True, text=True, timeout=timeout, check=True
+        )
+
+    def exec(self, service: str, *argv: str) -> str:
+        return self.run("exec", "-T", service, *argv).stdout
+
+    def logs(self, service: str) -> str:
+        return self.run("logs", "--no-color", "--no-log-prefix", service).stdout
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            env[key] = value
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    project = os.environ.get("BASTION_IT_PROJECT", "mcp-bastion-it")
+    base = int(os.environ.get("BASTION_IT_PORT_BASE", "18000"))
+    ports = {name: base + i for i, name in enumerate(SERVICES, start=1)}
+    env_file = tmp_path_factory.mktemp("stack") / "it.env"
+    subprocess.run(["bash", str(DEPLOY / "gen-env.sh"), str(env_file)], check=True)  # noqa: S603
+    with env_file.open("a") as fh:
+        for name, port in ports.items():
+            fh.write(f"{name.upper()}_PORT={port}\n")
+        fh.write(f"IMAGE_TAG={project}\n")
+        fh.write(f"BASE_IMAGE={os.environ.get('BASE_IMAGE', 'python:3.11-slim-bookworm')}\n")
+    os.environ["COMPOSE_PROJECT_NAME"] = project
+    compose = DockerCompose(
+        DEPLOY, compose_file_name="compose.yaml", env_file=str(env_file), build=True, wait=True
+    )
+    urls = {name: f"http://localhost:{port}" for name, port in ports.items()}
+    stack = Stack(compose, project, env_file, urls, _read_env(env_file))
+    # A stack left behind by an interrupted run would hold the ports: start clean.
+    subprocess.run(stack.compose_cmd("down", "--volumes"), capture_output=True, check=False)  # noqa: S603
+    compose.start()
+    try:
+        yield stack
+    finally:
+        compose.stop()
