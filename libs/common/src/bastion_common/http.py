@@ -33,6 +33,7 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+_SERVER_ERROR = b'{"error":"server_error","error_description":"internal error"}'
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -61,11 +62,13 @@ class RequestContextMiddleware:
         request_id = incoming or new_request_id()
         token = request_id_var.set(request_id)
         status = 500
+        response_started = False
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status = message["status"]
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id.encode()))
@@ -74,6 +77,19 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Last line of defence: no stack trace in the response or the logs, and no
+            # re-raise (uvicorn would log the traceback, which may hold secrets).
+            log.error("http.unhandled_error", error=type(exc).__name__)
+            if not response_started:
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send_with_id({"type": "http.response.body", "body": _SERVER_ERROR})
         finally:
             elapsed = time.perf_counter() - started
             route = _route_label(scope)

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from bastion_common.audit import AuditEvent, AuditPublisher
 from bastion_common.http import ReadinessCheck, RequestContextMiddleware, ops_router, redis_check
@@ -82,14 +81,6 @@ def create_service_app(
     )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(ops_router(lambda: _checks(app)))
-
-    @app.exception_handler(Exception)
-    async def unhandled(_request: Request, exc: Exception) -> JSONResponse:
-        # Never a stack trace in a response; the log line names the exception type only.
-        log.error("http.unhandled_error", error=type(exc).__name__)
-        return JSONResponse(
-            {"error": "server_error", "error_description": "internal error"}, status_code=500
-        )
 
     return app
 

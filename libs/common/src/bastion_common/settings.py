@@ -74,7 +74,7 @@ def check_secret_strength(value: str) -> str | None:
         # A common word repeated or padded to length is still a common word.
         if stripped and (stripped == word or stripped.replace(word, "") == ""):
             return "is a common word or a repetition of one; generate a random value"
-    if len(set(value)) < 10 or _entropy_bits_per_char(value) < 3.0:
+    if len(set(value)) < 12 or _entropy_bits_per_char(value) < 3.0:
         return "has too little variety to be random; generate a random value"
     return None
 

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+
+from bastion_common.logging import (
+    REDACTED,
+    configure_logging,
+    get_logger,
+    redact,
+    request_id_var,
+    valid_request_id,
+)
+
+JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXZhbHVl"
+API_KEY = "mcp_" + "A1b2C3d4" * 6
+
+
+def test_secret_keys_and_secret_looking_values_are_redacted() -> None:
+    out = redact(
+        {
+            "password": "hunter2",
+            "client_secret": "s3cret",
+            "authorization": "Bearer abc",
+            "nested": {"refresh_token": "r1", "note": f"key was {API_KEY}"},
+            "args": ["plain", JWT],
+            "content": "file body",
+            "token_type": "Bearer",
+            "username": "alice",
+        }
+    )
+    assert out["password"] == REDACTED
+    assert out["client_secret"] == REDACTED
+    assert out["authorization"] == REDACTED
+    assert out["nested"]["refresh_token"] == REDACTED
+    assert API_KEY not in out["nested"]["note"]
+    assert out["args"] == ["plain", REDACTED]
+    assert out["content"] == REDACTED
+    assert out["token_type"] == "Bearer"
+    assert out["username"] == "alice"
+
+
+@pytest.mark.parametrize(
+    "value", ["", "a b", "x" * 129, "id\r\nSet-Cookie: a=b", "<script>", "ünïcode"]
+)
+def test_unsafe_request_ids_are_not_taken(value: str) -> None:
+    assert valid_request_id(value) is None
+
+
+def test_log_lines_are_json_with_request_id_and_no_secrets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("demo", "INFO")
+    token = request_id_var.set("req-42")
+    try:
+        get_logger("t").info("token.issued", access_token=JWT, detail=f"Bearer {JWT}", user="bob")
+    finally:
+        request_id_var.reset(token)
+        structlog.reset_defaults()
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    record = json.loads(line)
+    assert record["event"] == "token.issued"
+    assert record["request_id"] == "req-42"
+    assert record["service"] == "demo"
+    assert record["user"] == "bob"
+    assert JWT not in line
+    assert record["access_token"] == REDACTED
