@@ -69,7 +69,7 @@ lint: install
 	$(VENV)/bin/mypy $(SRC) deploy/runtime_lock.py
 
 unit: install
-	$(VENV)/bin/pytest $(addsuffix /tests,$(PACKAGES)) tests/deploy
+	$(VENV)/bin/pytest $(wildcard $(addsuffix /tests,$(PACKAGES))) tests/deploy
 
 integration: install docker
 	BASE_IMAGE=$$(cat deploy/.base-image) $(VENV)/bin/pytest tests/integration
