@@ -9,6 +9,8 @@ PACKAGES := libs/common services/auth services/keys services/tools services/audi
 SRC := $(addsuffix /src,$(PACKAGES))
 COMPOSE := docker compose -f deploy/compose.yaml --env-file deploy/.env
 export TESTCONTAINERS_RYUK_DISABLED := true
+# Debian's engine has no buildx: build with the classic BuildKit path, without the warning.
+export COMPOSE_BAKE := false
 
 .PHONY: help install lock env docker up down clean logs ps lint test unit integration bench demo
 
