@@ -179,6 +179,13 @@ class AuditPublisher:
     async def close(self) -> None:
         """Send what is queued (to Redis or the spool) and stop the background tasks."""
         self._closed = True
+        if self._flusher and not self._flusher.done():
+            # Let the flusher send what is queued first: a cancel that lands while it is
+            # inside a Redis command can be swallowed by the client, and close() would
+            # then wait for the flusher forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._queue.join()
         if self._flusher:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
