@@ -1,14 +1,151 @@
-"""Wiring of the tools service: create_app(settings) builds the FastAPI app, nothing more."""
+"""Wiring of the tools service: create_app(settings) builds the FastAPI app, nothing more.
+
+Routes: the MCP endpoint (`settings.mcp_path`, streamable HTTP from the `mcp` SDK behind
+`guard.Guard`), RFC 9728 metadata, and the common /healthz /readyz /metrics. The
+lifespan opens what the pipeline needs (JWKS cache, rate limiter, outbound clients,
+sandbox, API-key revocation feed) and starts the SDK's session manager.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx2
 from fastapi import FastAPI
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.routing import Route
 
-from bastion_common.service import create_service_app
+from bastion_common.service import ServiceState, create_service_app
+from bastion_common.tokens import TokenValidator, TrustedIssuer
+from bastion_tools.apikeys import ApiKeyVerifier
+from bastion_tools.events import Auditor
+from bastion_tools.guard import Guard, GuardDeps
+from bastion_tools.metadata import metadata_router
+from bastion_tools.policy import ToolCallPolicy
+from bastion_tools.ratelimit import RateLimiter
 from bastion_tools.settings import Settings
+from bastion_tools.tools.catalog import ToolDeps, build_catalog
+from bastion_tools.tools.sandbox import Sandbox
+from bastion_tools.tools.weather import WeatherStore
+from bastion_tools.upstream import ServiceTokens, Upstream
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "trusted_issuers"]
+
+
+def trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
+    """auth (JWKS, or HS256 with a shared secret when configured) and keys (JWKS)."""
+    if settings.token_shared_secret is not None:
+        auth = TrustedIssuer(
+            settings.auth_issuer, algorithms=("HS256",), shared_secret=settings.token_shared_secret
+        )
+    else:
+        auth = TrustedIssuer(
+            settings.auth_issuer, jwks_url=settings.auth_internal_url + settings.auth_jwks_path
+        )
+    issuers = [auth]
+    if settings.keys_issuer:
+        issuers.append(
+            TrustedIssuer(
+                settings.keys_issuer, jwks_url=settings.keys_internal_url + settings.keys_jwks_path
+            )
+        )
+    return issuers
 
 
 def create_app(settings: Settings) -> FastAPI:
-    return create_service_app(settings, title="MCP Bastion tools")
+    guard = Guard(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+        async with httpx2.AsyncClient(timeout=settings.upstream_timeout) as http:
+            validator = TokenValidator(
+                trusted_issuers(settings),
+                settings.resource_uri,
+                http_client=http,
+                min_refetch_interval=settings.jwks_refetch_interval,
+            )
+            with anyio.move_on_after(5):
+                await validator.prefetch()  # unreachable issuers are retried on first use
+            tokens = ServiceTokens(
+                http,
+                token_url=f"{settings.auth_internal_url}/token",
+                client_id=settings.client_id,
+                client_secret=settings.client_secret,
+                timeout=settings.upstream_timeout,
+            )
+            upstream = Upstream(http, tokens, settings.upstream_timeout)
+            apikeys = (
+                ApiKeyVerifier(
+                    upstream,
+                    introspect_url=f"{settings.keys_internal_url}/v1/introspect",
+                    keys_resource=settings.keys_issuer,
+                    audience=settings.resource_uri,
+                    cache_seconds=settings.apikey_cache_seconds,
+                )
+                if settings.keys_issuer
+                else None
+            )
+            sandbox = Sandbox(
+                settings.sandbox_root,
+                extensions=settings.file_extensions,
+                max_bytes=settings.max_file_bytes,
+            )
+            await anyio.to_thread.run_sync(sandbox.ensure_root)
+            auditor = Auditor(state.audit, settings.service_name)
+            catalog = build_catalog(
+                ToolDeps(
+                    weather=WeatherStore(state.redis),
+                    sandbox=sandbox,
+                    upstream=upstream,
+                    auth_url=settings.auth_internal_url,
+                    admin_resource=settings.admin_resource,
+                    audit_url=settings.audit_internal_url,
+                    audit_resource=settings.audit_resource,
+                ),
+                extensions=sandbox.extensions,
+                costs=settings.tool_costs,
+                max_bytes=settings.max_file_bytes,
+            )
+            mcp: MCPServer[object] = MCPServer(
+                name="bastion-tools",
+                tools=[spec.tool for spec in catalog.values()],
+                middleware=[ToolCallPolicy(catalog, auditor)],
+            )
+            # Host/Origin are checked by the guard (with audit), not twice.
+            mcp.streamable_http_app(
+                streamable_http_path=settings.mcp_path,
+                json_response=settings.json_response,
+                stateless_http=settings.stateless_http,
+                max_request_body_size=settings.max_body_bytes,
+                transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            )
+            manager = mcp.session_manager
+            state.extra.update(validator=validator, upstream=upstream, apikeys=apikeys,
+                               catalog=catalog, mcp=mcp)  # fmt: skip
+            async with manager.run(), anyio.create_task_group() as tasks:
+                if apikeys is not None:
+                    ready = anyio.Event()
+                    tasks.start_soon(apikeys.listen, state.redis, ready)
+                    with anyio.move_on_after(2):
+                        await ready.wait()
+                guard.bind(
+                    manager.handle_request,
+                    catalog,
+                    GuardDeps(validator, RateLimiter(state.redis), auditor, apikeys),
+                )
+                try:
+                    yield
+                finally:
+                    guard.unbind()
+                    tasks.cancel_scope.cancel()
+
+    app = create_service_app(settings, title="MCP Bastion tools", extra_lifespan=lifespan)
+    app.include_router(metadata_router(settings))
+    app.router.routes.append(Route(settings.mcp_path, endpoint=guard, name="mcp"))
+    # The SDK logs each session and tool failure at INFO; our audit events cover those.
+    logging.getLogger("mcp").setLevel(logging.WARNING)
+    return app

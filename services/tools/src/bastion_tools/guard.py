@@ -1,0 +1,443 @@
+"""The HTTP half of the pipeline every MCP request passes before the SDK sees it.
+
+In order (each refusal is answered here, with its HTTP status, and audited):
+
+1. Host and Origin (MCP transport spec, DNS rebinding): a Host not configured gets
+   421, an Origin not configured gets 403.
+2. Per-IP bucket in front of authentication: an IP whose bucket of failed attempts is
+   empty gets 429 from memory, without crypto or Redis, so floods of bad tokens are cheap.
+3. Authentication (RFC 6750 §2.1 header only): a JWT validated locally
+   (`bastion_common.tokens`), or an API key (`mcp_...`) checked with `keys`. Missing or
+   invalid: 401 with the RFC 9728 challenge; each failure also draws from the IP bucket.
+4. One Redis round trip (`ratelimit.RateLimiter`): refuse a revoked `jti` (401), else
+   take the call's cost from the principal's bucket (429 with `Retry-After` and
+   `RateLimit-*`). Redis unreachable: 503 (fail closed).
+5. RBAC: a `tools/call` for a tool the token's scopes do not allow gets 403
+   `insufficient_scope` with every scope needed, so the client can step up.
+
+Then the principal is put in the ASGI scope (`scope["user"]` binds SDK sessions to it,
+`scope["bastion.principal"]` is what tools and `policy.ToolCallPolicy` read).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from prometheus_client import Counter
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bastion_common.logging import get_logger
+from bastion_common.tokens import (
+    Principal,
+    TokenError,
+    TokenValidator,
+    denylist_key,
+    token_fingerprint,
+)
+from bastion_tools.apikeys import API_KEY_PREFIX, ApiKeyVerifier
+from bastion_tools.events import Auditor
+from bastion_tools.metadata import bearer_challenge
+from bastion_tools.ratelimit import Decision, LimiterUnavailable, RateLimiter, limits_for_roles
+from bastion_tools.settings import Settings
+from bastion_tools.store import ip_bucket_key, principal_bucket_key
+from bastion_tools.tools.catalog import PRINCIPAL_SCOPE_KEY, ToolSpec
+from bastion_tools.upstream import UpstreamError
+
+__all__ = ["Guard", "GuardDeps", "host_allowed", "origin_allowed"]
+
+log = get_logger(__name__)
+
+REFUSALS = Counter("bastion_tools_refusals_total", "MCP requests refused by the guard", ["reason"])
+_MAX_BATCH = 32
+_MAX_BLOCKED_IPS = 100_000
+
+
+@dataclass
+class GuardDeps:
+    validator: TokenValidator
+    limiter: RateLimiter
+    auditor: Auditor
+    apikeys: ApiKeyVerifier | None
+
+
+def _matches(value: str, patterns: Sequence[str]) -> bool:
+    for pattern in patterns:
+        if value == pattern:
+            return True
+        if pattern.endswith(":*") and value.startswith(pattern[:-1]):
+            port = value[len(pattern) - 1 :]
+            if port.isdigit():
+                return True
+    return False
+
+
+def host_allowed(host: str | None, settings: Settings) -> bool:
+    return bool(host) and _matches(str(host), settings.allowed_hosts)
+
+
+def origin_allowed(origin: str | None, settings: Settings) -> bool:
+    """No Origin header: not a browser, nothing to rebind. Else it must be configured."""
+    return origin is None or _matches(origin, settings.allowed_origins)
+
+
+class _Refusal(Exception):
+    def __init__(
+        self,
+        status: int,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        reason: str = "",
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+        self.reason = reason
+
+
+def _oauth_error(error: str, description: str) -> dict[str, Any]:
+    return {"error": error, "error_description": description}
+
+
+def _rpc_error(message: str, code: int = -32000) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
+
+
+def _ratelimit_headers(decision: Decision) -> dict[str, str]:
+    window = max(1, math.ceil(decision.capacity / decision.refill_per_second))
+    return {
+        "RateLimit-Policy": f"{decision.capacity};w={window}",
+        "RateLimit-Limit": str(decision.capacity),
+        "RateLimit-Remaining": str(max(0, math.floor(decision.remaining))),
+        "RateLimit-Reset": str(decision.reset_seconds),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Calls:
+    """What a request body asks for: its cost and the tools it calls."""
+
+    cost: int
+    tools: tuple[ToolSpec, ...]
+    first_tool_name: str | None
+
+
+class Guard:
+    """ASGI app in front of the SDK's streamable HTTP endpoint."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app: ASGIApp | None = None
+        self.catalog: dict[str, ToolSpec] = {}
+        self.deps: GuardDeps | None = None
+        self._blocked: dict[str, float] = {}
+
+    def bind(self, app: ASGIApp, catalog: dict[str, ToolSpec], deps: GuardDeps) -> None:
+        """Attach what the lifespan opened; until then every request gets 503."""
+        self.app, self.catalog, self.deps = app, catalog, deps
+
+    def unbind(self) -> None:
+        self.app, self.deps = None, None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            await self._handle(scope, receive, send)
+        except _Refusal as refusal:
+            REFUSALS.labels(refusal.reason or str(refusal.status)).inc()
+            await _send_json(send, refusal.status, refusal.body, refusal.headers)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        deps, app = self.deps, self.app
+        if deps is None or app is None:
+            raise _Refusal(503, _rpc_error("service is starting"), reason="starting")
+        headers = Headers(scope=scope)
+        client = scope.get("client")
+        ip = str(client[0]) if client else "unknown"
+
+        # 1. DNS-rebinding protection (MCP transport spec, "Security Warning").
+        if not host_allowed(headers.get("host"), self.settings):
+            deps.auditor.emit("authz.denied", "denied", ip=ip, reason="host_not_allowed")
+            raise _Refusal(421, _oauth_error("invalid_request", "host not allowed"), reason="host")
+        if not origin_allowed(headers.get("origin"), self.settings):
+            deps.auditor.emit("authz.denied", "denied", ip=ip, reason="origin_not_allowed")
+            raise _Refusal(
+                403, _oauth_error("invalid_request", "origin not allowed"), reason="origin"
+            )
+
+        # 2. The per-IP bucket, from memory while this IP is known to be over it.
+        blocked_until = self._blocked.get(ip)
+        if blocked_until is not None:
+            wait = blocked_until - time.monotonic()
+            if wait > 0:
+                raise _Refusal(
+                    429,
+                    _rpc_error("too many failed attempts from this address"),
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                    reason="ip_blocked",
+                )
+            del self._blocked[ip]
+
+        # 3. Authentication.
+        principal, token = await self._authenticate(deps, headers, ip)
+
+        # 4. Body, cost, and the one round trip: revocation + rate limit.
+        body = b""
+        if scope["method"] == "POST":
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+                raise _Refusal(
+                    413, _rpc_error("request body too large", -32600), reason="too_large"
+                )
+            body = await _read_body(receive, self.settings.max_body_bytes)
+        calls = self._calls(body)
+        decision = await self._take(deps, principal, token, calls, ip)
+
+        # 5. RBAC (DESIGN.md "Roles and permissions").
+        needed = {spec.permission for spec in calls.tools}
+        missing = needed - principal.scopes
+        if missing:
+            deps.auditor.emit(
+                "authz.denied", "denied", principal=principal, ip=ip,
+                tool=calls.first_tool_name, required=sorted(needed), missing=sorted(missing),
+            )  # fmt: skip
+            # RFC 6750 §3.1 + MCP step-up: name every scope needed, held ones included.
+            challenge = bearer_challenge(
+                self.settings, scopes=principal.scopes | needed, error="insufficient_scope",
+                description=f"this call needs {' '.join(sorted(missing))}",
+            )  # fmt: skip
+            raise _Refusal(
+                403,
+                _oauth_error("insufficient_scope", f"this call needs {' '.join(sorted(missing))}"),
+                {"WWW-Authenticate": challenge, **_ratelimit_headers(decision)},
+                reason="insufficient_scope",
+            )
+
+        scope["user"] = AuthenticatedUser(
+            AccessToken(
+                token=token_fingerprint(token),
+                client_id=principal.client_id or principal.subject,
+                scopes=sorted(principal.scopes),
+                expires_at=int(principal.expires_at),
+                resource=self.settings.resource_uri,
+                subject=principal.subject,
+                claims={"iss": principal.issuer},
+            )
+        )
+        scope[PRINCIPAL_SCOPE_KEY] = principal
+        scope["bastion.ip"] = ip
+        extra = [(k.lower().encode(), v.encode()) for k, v in _ratelimit_headers(decision).items()]
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        downstream = _replay(body, receive) if scope["method"] == "POST" else receive
+        await app(scope, downstream, send_with_limits)
+
+    async def _authenticate(
+        self, deps: GuardDeps, headers: Headers, ip: str
+    ) -> tuple[Principal, str]:
+        authorization = headers.get("authorization")
+        if not authorization:
+            await self._failed(deps, ip, "missing_token", None)
+            raise _Refusal(
+                401,
+                _oauth_error("invalid_token", "authentication required"),
+                {"WWW-Authenticate": bearer_challenge(self.settings)},
+                reason="missing_token",
+            )
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        try:
+            if scheme.lower() != "bearer" or not token:
+                raise TokenError("authorization must be a Bearer token")
+            if token.startswith(API_KEY_PREFIX):
+                if deps.apikeys is None:
+                    raise TokenError("API keys are not accepted here")
+                return await deps.apikeys.verify(token), token
+            return await deps.validator.validate(token), token
+        except TokenError as exc:
+            await self._failed(deps, ip, str(exc), token)
+            raise _Refusal(
+                401,
+                _oauth_error("invalid_token", str(exc)),
+                {
+                    "WWW-Authenticate": bearer_challenge(
+                        self.settings, error="invalid_token", description=str(exc)
+                    )
+                },
+                reason="invalid_token",
+            ) from None
+        except UpstreamError as exc:
+            # The key cannot be checked: refuse (fail closed), but say it is temporary.
+            deps.auditor.emit(
+                "authn.failed", "error", ip=ip, reason="key service unavailable",
+                credential="api_key",
+            )  # fmt: skip
+            raise _Refusal(
+                503, _rpc_error(f"API key cannot be checked now: {exc}"), {"Retry-After": "1"},
+                reason="keys_unavailable",
+            ) from None  # fmt: skip
+
+    async def _failed(self, deps: GuardDeps, ip: str, reason: str, token: str | None) -> None:
+        """Audit a failed authentication and draw it from the IP's bucket."""
+        credential = "none" if token is None else (
+            "api_key" if token.startswith(API_KEY_PREFIX) else "bearer"
+        )  # fmt: skip
+        deps.auditor.emit("authn.failed", "failure", ip=ip, reason=reason, credential=credential)
+        try:
+            decision = await deps.limiter.take(
+                ip_bucket_key(ip),
+                capacity=self.settings.ip_capacity,
+                refill_per_second=self.settings.ip_refill_per_second,
+            )
+        except LimiterUnavailable:
+            return  # the request is refused anyway
+        if not decision.allowed:
+            if len(self._blocked) >= _MAX_BLOCKED_IPS:
+                self._blocked.clear()
+            self._blocked[ip] = time.monotonic() + decision.retry_after
+            deps.auditor.emit(
+                "ratelimit.refused", "denied", ip=ip, bucket="ip",
+                retry_after=round(decision.retry_after, 3),
+            )  # fmt: skip
+            raise _Refusal(
+                429,
+                _rpc_error("too many failed attempts from this address"),
+                {"Retry-After": str(max(1, math.ceil(decision.retry_after)))},
+                reason="ip_blocked",
+            )
+
+    def _calls(self, body: bytes) -> _Calls:
+        if not body:
+            return _Calls(1, (), None)
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return _Calls(1, (), None)  # the SDK answers the parse error
+        messages = parsed if isinstance(parsed, list) else [parsed]
+        if len(messages) > _MAX_BATCH:
+            raise _Refusal(
+                400, _rpc_error("too many messages in one batch", -32600), reason="batch"
+            )
+        cost = 0
+        tools: list[ToolSpec] = []
+        first: str | None = None
+        for message in messages:
+            if not isinstance(message, dict):
+                cost += 1
+                continue
+            if message.get("method") == "tools/call":
+                params = message.get("params")
+                name = params.get("name") if isinstance(params, dict) else None
+                if isinstance(name, str):
+                    first = first or name
+                    spec = self.catalog.get(name)
+                    if spec is not None:
+                        tools.append(spec)
+                        cost += spec.cost
+                        continue
+            cost += 1
+        return _Calls(max(1, cost), tuple(tools), first)
+
+    async def _take(
+        self, deps: GuardDeps, principal: Principal, token: str, calls: _Calls, ip: str
+    ) -> Decision:
+        capacity, refill = limits_for_roles(principal.roles, self.settings.rate_limits)
+        is_jwt = not token.startswith(API_KEY_PREFIX)
+        try:
+            decision = await deps.limiter.take(
+                principal_bucket_key(principal.subject),
+                capacity=capacity,
+                refill_per_second=refill,
+                cost=calls.cost,
+                denylist_key=denylist_key(principal.token_id) if is_jwt else "",
+            )
+        except LimiterUnavailable as exc:
+            log.error("guard.state_unavailable", error=str(exc))
+            deps.auditor.emit(
+                "ratelimit.refused", "error", principal=principal, ip=ip,
+                tool=calls.first_tool_name, reason="state store unavailable",
+            )  # fmt: skip
+            raise _Refusal(
+                503,
+                _rpc_error("revocation and rate-limit state unavailable; call refused"),
+                {"Retry-After": "1"},
+                reason="redis_down",
+            ) from None
+        if decision.status == "revoked":
+            deps.auditor.emit(
+                "authn.failed", "failure", principal=principal, ip=ip, reason="token revoked",
+                credential="bearer",
+            )  # fmt: skip
+            raise _Refusal(
+                401,
+                _oauth_error("invalid_token", "token revoked"),
+                {"WWW-Authenticate": bearer_challenge(
+                    self.settings, error="invalid_token", description="token revoked")},
+                reason="revoked",
+            )  # fmt: skip
+        if not decision.allowed:
+            retry = max(1, math.ceil(decision.retry_after))
+            deps.auditor.emit(
+                "ratelimit.refused", "denied", principal=principal, ip=ip,
+                tool=calls.first_tool_name, bucket="principal", cost=calls.cost,
+                retry_after=round(decision.retry_after, 3),
+            )  # fmt: skip
+            raise _Refusal(
+                429,
+                _rpc_error(f"rate limit exceeded; retry after {retry} s"),
+                {"Retry-After": str(retry), **_ratelimit_headers(decision)},
+                reason="rate_limited",
+            )
+        return decision
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _Refusal(413, _rpc_error("request body too large", -32600), reason="too_large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: dict[str, str]
+) -> None:
+    payload = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,70 @@
+"""OAuth 2.0 Protected Resource Metadata (RFC 9728) and the Bearer challenges (RFC 6750).
+
+The metadata names the authorization server and the scopes this resource offers (the
+seven permissions; never `offline_access`, which is for the authorization server to
+grant). Every 401 and 403 carries `resource_metadata` (RFC 9728 §5.1) and the `scope`
+a client should ask for (RFC 6750 §3), so a client can discover, authorize and step up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from bastion_common.permissions import ALL_PERMISSIONS
+from bastion_tools.settings import Settings
+
+__all__ = ["SCOPES_SUPPORTED", "bearer_challenge", "metadata_document", "metadata_router"]
+
+SCOPES_SUPPORTED: tuple[str, ...] = tuple(sorted(ALL_PERMISSIONS))
+
+
+def metadata_document(settings: Settings) -> dict[str, Any]:
+    return {
+        "resource": settings.resource_uri,
+        "authorization_servers": [settings.auth_issuer],
+        "scopes_supported": list(SCOPES_SUPPORTED),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "MCP Bastion tools",
+    }
+
+
+def metadata_router(settings: Settings) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    document = metadata_document(settings)
+
+    async def metadata() -> JSONResponse:
+        return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})
+
+    # RFC 9728 §3.1: the path-suffixed form for a resource with a path, and the root
+    # form that older clients try first.
+    router.add_api_route(
+        f"/.well-known/oauth-protected-resource{settings.mcp_path}", metadata, methods=["GET"]
+    )
+    router.add_api_route("/.well-known/oauth-protected-resource", metadata, methods=["GET"])
+    return router
+
+
+def _quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def bearer_challenge(
+    settings: Settings,
+    *,
+    scopes: Iterable[str] = SCOPES_SUPPORTED,
+    error: str | None = None,
+    description: str | None = None,
+) -> str:
+    """The `WWW-Authenticate` value for a refused call."""
+    parts = []
+    if error:
+        parts.append(f'error="{error}"')
+    if description:
+        parts.append(f'error_description="{_quoted(description)}"')
+    parts.append(f'scope="{" ".join(sorted(set(scopes)))}"')
+    parts.append(f'resource_metadata="{settings.resource_metadata_url}"')
+    return "Bearer " + ", ".join(parts)

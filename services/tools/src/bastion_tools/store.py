@@ -1,0 +1,82 @@
+"""Redis key names of the tools service, each with its lifetime, and its Lua scripts.
+
+The denylist key itself belongs to `bastion_common.tokens.denylist_key` (auth writes it).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "APIKEY_REVOKED_CHANNEL",
+    "BUCKET_SCRIPT",
+    "WEATHER_TTL_SECONDS",
+    "bucket_ttl_ms",
+    "ip_bucket_key",
+    "principal_bucket_key",
+    "weather_key",
+]
+
+APIKEY_REVOKED_CHANNEL: Final = "apikeys:revoked"
+
+WEATHER_TTL_SECONDS: Final = 7 * 24 * 3600
+"""An observation older than a week is not 'the latest weather' any more."""
+
+
+def principal_bucket_key(subject: str) -> str:
+    """Token bucket of one principal; lives until it would be full again (`bucket_ttl_ms`)."""
+    return f"rl:sub:{subject}"
+
+
+def ip_bucket_key(ip: str) -> str:
+    """Token bucket of failed/unauthenticated attempts from one client IP (same TTL rule)."""
+    return f"rl:ip:{ip}"
+
+
+def weather_key(city: str) -> str:
+    """Latest observation for a city (JSON); TTL WEATHER_TTL_SECONDS."""
+    return f"weather:obs:{city}"
+
+
+def bucket_ttl_ms(capacity: int, refill_per_second: float) -> int:
+    """A bucket untouched for this long is full again, so it can be forgotten."""
+    return int(capacity / refill_per_second * 1000) + 1000
+
+
+# One round trip per call: refuse a revoked token, else take `cost` tokens from the bucket.
+# The clock is Redis' own (TIME), so replicas with skewed clocks share one bucket correctly.
+# KEYS[1] denylist key of the token's jti ("" to skip: API keys have no jti)
+# KEYS[2] bucket key
+# ARGV capacity, refill per second, cost, ttl ms
+# Returns {status, remaining, retry_after}: status 1 allowed, 0 refused, -1 revoked.
+BUCKET_SCRIPT: Final = """
+if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  return {-1, '0', '0'}
+end
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[2], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+local elapsed = now - ts
+if elapsed < 0 then elapsed = 0 end
+tokens = math.min(capacity, tokens + elapsed * rate)
+local status = 0
+local retry = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  status = 1
+else
+  retry = (cost - tokens) / rate
+end
+redis.call('HSET', KEYS[2], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {status, tostring(tokens), tostring(retry)}
+"""

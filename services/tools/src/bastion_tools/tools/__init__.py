@@ -1,0 +1,3 @@
+"""The eight tools of DESIGN.md: weather (Redis), files (sandbox), admin (auth, audit)."""
+
+__all__: list[str] = []

@@ -1,0 +1,255 @@
+"""File access confined to one sandbox root.
+
+Two layers, both always applied:
+
+1. Lexical (`check_relative_path`, also run by the tools' argument schemas): a path is
+   relative, made of at most 8 components of `[A-Za-z0-9_][A-Za-z0-9._-]*`, so `..`,
+   absolute paths, NUL and other control bytes, backslashes, percent-encoding,
+   Unicode look-alikes (U+2025, fullwidth dots) and hidden files never get through, and
+   a file name must end in an allowed extension.
+2. On the file system: the path is resolved and must stay under the resolved root, and
+   it is then walked one component at a time from a descriptor of the root with
+   `O_NOFOLLOW` (openat), so a symlink anywhere on the way is refused even if it is
+   swapped in after the check. Only regular files are read, written or deleted (no
+   devices, FIFOs or sockets); files over the size limit are refused; writes go to a
+   temporary file in the same directory, fsynced, then renamed over the target.
+
+All methods are blocking: call them through `anyio.to_thread.run_sync`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import stat
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Sandbox", "SandboxError", "check_relative_path"]
+
+MAX_DEPTH = 8
+MAX_PATH_LENGTH = 255
+_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_LISTING = 1000
+
+
+@dataclass(frozen=True)
+class SandboxError(Exception):
+    """The path or file is refused. `message` is safe to show the caller."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def check_relative_path(
+    value: str, *, extensions: Collection[str] | None, allow_root: bool = False
+) -> str:
+    """`value` normalised (no `.` components, no trailing slash), or ValueError saying why."""
+    if "\x00" in value:
+        raise ValueError("path must not contain a NUL byte")
+    if len(value) > MAX_PATH_LENGTH:
+        raise ValueError(f"path must be at most {MAX_PATH_LENGTH} characters")
+    if value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value):
+        raise ValueError("path must be relative to the sandbox root")
+    if "\\" in value:
+        raise ValueError("path must use '/' as separator")
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if not parts:
+        if allow_root:
+            return ""
+        raise ValueError("path must name a file")
+    if ".." in parts:
+        raise ValueError("path must not contain '..'")
+    if len(parts) > MAX_DEPTH:
+        raise ValueError(f"path must be at most {MAX_DEPTH} levels deep")
+    for part in parts:
+        if not _COMPONENT.fullmatch(part):
+            raise ValueError(
+                "path components must be letters, digits, '_', '-' or '.' "
+                "and must not start with '.' or '-'"
+            )
+    if extensions is not None:
+        suffix = Path(parts[-1]).suffix.lower()
+        if suffix not in extensions:
+            raise ValueError(f"file type must be one of {', '.join(sorted(extensions))}")
+    return "/".join(parts)
+
+
+def _refusal(exc: OSError) -> SandboxError:
+    if exc.errno == errno.ENOENT:
+        return SandboxError("no such file or directory")
+    if exc.errno in (errno.ELOOP, errno.EMLINK):
+        return SandboxError("symbolic links are not followed")
+    if exc.errno == errno.ENOTDIR:
+        return SandboxError("not a directory (or a symbolic link)")
+    if exc.errno == errno.EISDIR:
+        return SandboxError("is a directory")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return SandboxError("permission denied")
+    if exc.errno == errno.ENOSPC:
+        return SandboxError("no space left in the sandbox")
+    return SandboxError("the file could not be accessed")
+
+
+class Sandbox:
+    def __init__(
+        self, root: str | os.PathLike[str], *, extensions: Collection[str], max_bytes: int
+    ):
+        self.root = Path(root).resolve()
+        self.extensions = frozenset(e.lower() for e in extensions)
+        self.max_bytes = max_bytes
+
+    def ensure_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- the checks --------------------------------------------------------------------
+
+    def _parts(self, rel: str, *, is_file: bool) -> list[str]:
+        try:
+            clean = check_relative_path(
+                rel, extensions=self.extensions if is_file else None, allow_root=not is_file
+            )
+        except ValueError as exc:
+            raise SandboxError(str(exc)) from None
+        # Resolve and check: the canonical path must still be inside the root.
+        resolved = (self.root / clean).resolve()
+        if resolved != self.root and not resolved.is_relative_to(self.root):
+            raise SandboxError("path leaves the sandbox root")
+        return clean.split("/") if clean else []
+
+    def _open_dir(self, parts: list[str], *, create: bool = False) -> int:
+        """A descriptor of the directory `parts`, walked without following any symlink."""
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for part in parts:
+                if create:
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except OSError as exc:
+            os.close(fd)
+            raise _refusal(exc) from None
+        return fd
+
+    # -- the operations ----------------------------------------------------------------
+
+    def list(self, directory: str) -> list[dict[str, Any]]:
+        fd = self._open_dir(self._parts(directory, is_file=False))
+        try:
+            entries: list[dict[str, Any]] = []
+            for name in sorted(os.listdir(fd)):
+                if name.startswith(".") or not _COMPONENT.fullmatch(name):
+                    continue
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    entries.append({"name": name, "type": "directory"})
+                elif stat.S_ISREG(st.st_mode):
+                    entries.append({"name": name, "type": "file", "size": st.st_size})
+                if len(entries) >= MAX_LISTING:
+                    break
+            return entries
+        except OSError as exc:
+            raise _refusal(exc) from None
+        finally:
+            os.close(fd)
+
+    def read(self, path: str) -> str:
+        *dirs, name = self._parts(path, is_file=True)
+        dir_fd = self._open_dir(dirs)
+        try:
+            # O_NONBLOCK: opening a FIFO must not hang; it is refused just below.
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except OSError as exc:
+            raise _refusal(exc) from None
+        finally:
+            os.close(dir_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SandboxError("not a regular file")
+            if st.st_size > self.max_bytes:
+                raise SandboxError(f"file is larger than {self.max_bytes} bytes")
+            chunks = []
+            remaining = self.max_bytes + 1
+            while remaining > 0:
+                chunk = os.read(fd, min(remaining, 65536))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            data = b"".join(chunks)
+        except OSError as exc:
+            raise _refusal(exc) from None
+        finally:
+            os.close(fd)
+        if len(data) > self.max_bytes:
+            raise SandboxError(f"file is larger than {self.max_bytes} bytes")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SandboxError("file is not UTF-8 text") from None
+
+    def write(self, path: str, content: str) -> dict[str, Any]:
+        data = content.encode("utf-8")
+        if len(data) > self.max_bytes:
+            raise SandboxError(f"content is larger than {self.max_bytes} bytes")
+        *dirs, name = self._parts(path, is_file=True)
+        dir_fd = self._open_dir(dirs, create=True)
+        tmp = f".tmp-{secrets.token_hex(8)}"
+        try:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                if not stat.S_ISREG(st.st_mode):
+                    raise SandboxError("target exists and is not a regular file")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        except OSError as exc:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise _refusal(exc) from None
+        except SandboxError:
+            raise
+        finally:
+            os.close(dir_fd)
+        return {"path": "/".join([*dirs, name]), "bytes": len(data)}
+
+    def delete(self, path: str) -> dict[str, Any]:
+        *dirs, name = self._parts(path, is_file=True)
+        dir_fd = self._open_dir(dirs)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise SandboxError("not a regular file")
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError as exc:
+            raise _refusal(exc) from None
+        finally:
+            os.close(dir_fd)
+        return {"path": "/".join([*dirs, name]), "deleted": True}

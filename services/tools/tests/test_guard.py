@@ -1,0 +1,327 @@
+"""The guard: every token attack of issue 4 is refused with 401, the RFC 9728 challenge
+and an `authn.failed` audit event; Origin/Host checks; issuer down; fail closed."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx2
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from services.tools.tests.helpers import (
+    AUTH_ISSUER,
+    KEYS_ISSUER,
+    RESOURCE,
+    Minter,
+    SigningKey,
+    Upstreams,
+    open_session,
+    post,
+    rpc,
+    serve,
+    wait_for_event,
+)
+
+from bastion_common.redis import create_redis
+from bastion_common.tokens import denylist_key
+from bastion_tools.app import create_app
+from bastion_tools.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+METADATA_URL = "http://localhost:8003/.well-known/oauth-protected-resource/mcp"
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def _challenge_ok(response: httpx2.Response, *, error: str | None) -> str:
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith("Bearer ")
+    assert f'resource_metadata="{METADATA_URL}"' in challenge
+    assert 'scope="' in challenge and "offline_access" not in challenge
+    if error:
+        assert f'error="{error}"' in challenge
+    else:
+        assert "error=" not in challenge
+    return challenge
+
+
+async def test_protected_resource_metadata_names_auth_and_the_seven_scopes(
+    tools: httpx2.AsyncClient,
+) -> None:
+    for path in (
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ):
+        document = (await tools.get(path)).json()
+        assert document["resource"] == RESOURCE
+        assert document["authorization_servers"] == [AUTH_ISSUER]
+        assert set(document["scopes_supported"]) == {
+            "weather:read",
+            "weather:write",
+            "files:read",
+            "files:write",
+            "files:delete",
+            "admin:users",
+            "metrics:view",
+        }
+    assert (await tools.get("/healthz")).status_code == 200
+
+
+async def test_a_call_without_token_gets_401_with_the_challenge(
+    tools: httpx2.AsyncClient, redis_url: str
+) -> None:
+    reply = await post(tools, None, rpc("tools/list"))
+    assert reply.status_code == 401
+    _challenge_ok(reply, error=None)
+    await wait_for_event(redis_url, "authn.failed", reason="missing_token", ip="10.0.0.7")
+
+
+def _attacks(m: Minter, upstreams: Upstreams) -> dict[str, str]:
+    real = m.token()
+    header, payload, signature = real.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    public_pem = (
+        upstreams.auth_keys[0]
+        .private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return {
+        "expired": m.token(expires_in=-120),
+        "not_yet_valid": m.token(not_before=int(time.time()) + 600),
+        "wrong_audience": m.token(aud="http://localhost:8004"),
+        "audience_list_with_other": m.token(aud=[RESOURCE, "http://evil.example"]),
+        "wrong_issuer": m.token(iss="https://evil.example"),
+        "alg_none": _b64({"alg": "none", "typ": "at+jwt", "kid": "auth-1"}) + "." + payload + ".",
+        "hs256_with_public_key": _hs_with_key(claims, public_pem),
+        "unknown_kid": m.token(key=SigningKey("nobody-knows")),
+        "forged_signature": header + "." + payload + "." + signature[::-1],
+        "wrong_typ": m.token(headers={"typ": "JWT"}),
+        "no_jti": m.token(drop=("jti",)),
+        "garbage": "not-a-jwt",
+        "keys_issuer_signed_with_auth_key": m.token(iss=KEYS_ISSUER, key=upstreams.auth_keys[0]),
+    }
+
+
+def _hs_with_key(claims: dict[str, Any], key: bytes) -> str:
+    """HS256 signed with the issuer's public key as the secret: the key-confusion attack."""
+    head = _b64({"alg": "HS256", "typ": "at+jwt", "kid": "auth-1"})
+    body = _b64(claims)
+    sig = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "expired",
+        "not_yet_valid",
+        "wrong_audience",
+        "audience_list_with_other",
+        "wrong_issuer",
+        "alg_none",
+        "hs256_with_public_key",
+        "unknown_kid",
+        "forged_signature",
+        "wrong_typ",
+        "no_jti",
+        "garbage",
+        "keys_issuer_signed_with_auth_key",
+    ],
+)
+async def test_token_attacks_are_refused_with_401_and_audited(
+    attack: str, tools: httpx2.AsyncClient, minter: Minter, upstreams: Upstreams, redis_url: str
+) -> None:
+    token = _attacks(minter, upstreams)[attack]
+    reply = await post(tools, token, rpc("tools/list"))
+    assert reply.status_code == 401, reply.text
+    assert reply.json()["error"] == "invalid_token"
+    _challenge_ok(reply, error="invalid_token")
+    event = await wait_for_event(redis_url, "authn.failed", ip="10.0.0.7")
+    assert event.outcome == "failure"
+    assert token not in json.dumps(event.model_dump(mode="json"))
+
+
+async def test_a_valid_token_opens_a_session_and_lists_tools(
+    tools: httpx2.AsyncClient, minter: Minter
+) -> None:
+    token = minter.token(scope="weather:read")
+    session = await open_session(tools, token)
+    listed = await post(tools, token, rpc("tools/list", {}, 2), session=session)
+    assert listed.status_code == 200, listed.text
+    assert [t["name"] for t in listed.json()["result"]["tools"]] == ["get_weather"]
+    assert listed.headers["ratelimit-limit"] == "200"
+
+
+async def test_a_revoked_token_is_refused(
+    tools: httpx2.AsyncClient, minter: Minter, redis_url: str
+) -> None:
+    token = minter.token(jti="revoked-jti-1")
+    session = await open_session(tools, token)
+    redis = create_redis(redis_url)
+    await redis.set(denylist_key("revoked-jti-1"), "1", ex=300)
+    await redis.aclose()
+    reply = await post(tools, token, rpc("tools/list", {}, 2), session=session)
+    assert reply.status_code == 401
+    _challenge_ok(reply, error="invalid_token")
+    assert reply.json()["error_description"] == "token revoked"
+    await wait_for_event(redis_url, "authn.failed", reason="token revoked", principal="alice")
+
+
+async def test_a_disallowed_origin_gets_403_and_an_allowed_one_passes(
+    tools: httpx2.AsyncClient, minter: Minter, redis_url: str
+) -> None:
+    token = minter.token()
+    evil = await post(tools, token, rpc("tools/list"), headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 403
+    await wait_for_event(redis_url, "authz.denied", reason="origin_not_allowed")
+    rebinding = await post(
+        tools, token, rpc("tools/list"), headers={"Origin": "http://localhost.evil.example:8003"}
+    )
+    assert rebinding.status_code == 403
+    host = await post(tools, token, rpc("tools/list"), headers={"Host": "attacker.example"})
+    assert host.status_code == 421
+    fine = await post(
+        tools,
+        token,
+        rpc(
+            "initialize",
+            {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        ),
+        headers={"Origin": "http://localhost:3000"},
+    )
+    assert fine.status_code == 200
+
+
+async def test_configured_origins_and_hosts_are_honoured(
+    make_settings: Callable[..., Settings], minter: Minter
+) -> None:
+    app = create_app(
+        make_settings(
+            allowed_hosts=["mcp.example.com"], allowed_origins=["https://app.example.com"]
+        )
+    )
+    async with serve(app) as client:
+        token = minter.token()
+        headers = {"Host": "mcp.example.com", "Origin": "https://app.example.com"}
+        init = rpc(
+            "initialize",
+            {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        )
+        assert (await post(client, token, init, headers=headers)).status_code == 200
+        localhost = await post(client, token, init)
+        assert localhost.status_code == 421
+
+
+async def test_cached_keys_keep_working_while_the_issuer_is_down(
+    make_settings: Callable[..., Settings], minter: Minter, upstreams: Upstreams
+) -> None:
+    async with serve(create_app(make_settings())) as client:
+        first = minter.token(sub="bob")
+        assert (await post(client, first, rpc("tools/list"))).status_code in (200, 400)
+        upstreams.stop()
+        # A token never seen before, signed by the cached key: verified locally.
+        fresh = minter.token(sub="carol")
+        session = await open_session(client, fresh)
+        listed = await post(client, fresh, rpc("tools/list", {}, 2), session=session)
+        assert listed.status_code == 200
+        # A key the issuer never published cannot be fetched: refused, fail closed.
+        unknown = minter.token(key=SigningKey("rotated-in-while-down"))
+        assert (await post(client, unknown, rpc("tools/list"))).status_code == 401
+
+
+async def test_an_unknown_kid_refetches_at_most_once_per_interval(
+    tools: httpx2.AsyncClient, minter: Minter, upstreams: Upstreams
+) -> None:
+    await post(tools, minter.token(), rpc("tools/list"))
+    before = upstreams.jwks_fetches
+    for _ in range(20):
+        reply = await post(tools, minter.token(key=SigningKey("storm")), rpc("tools/list"))
+        assert reply.status_code in (401, 429)
+    assert upstreams.jwks_fetches - before <= 1
+
+
+async def test_a_rotated_key_is_picked_up_once_the_refetch_interval_allows(
+    make_settings: Callable[..., Settings], minter: Minter, upstreams: Upstreams
+) -> None:
+    async with serve(create_app(make_settings(jwks_refetch_interval=0.2))) as client:
+        new_key = SigningKey("auth-2")
+        upstreams.auth_keys.append(new_key)
+        token = minter.token(key=new_key)
+        with anyio.fail_after(3):
+            while (await post(client, token, rpc("tools/list"))).status_code == 401:
+                await anyio.sleep(0.05)
+        assert await open_session(client, token)
+
+
+async def test_hs256_shared_secret_mode_accepts_only_that_secret(
+    make_settings: Callable[..., Settings], redis_url: str
+) -> None:
+    secret = secrets.token_urlsafe(40)
+    app = create_app(make_settings(token_shared_secret=secret))
+    now = int(time.time())
+    claims = {
+        "iss": AUTH_ISSUER,
+        "sub": "dave",
+        "aud": RESOURCE,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 60,
+        "jti": "hs-1",
+        "scope": "weather:read",
+        "roles": ["guest"],
+    }
+    good = jwt.encode(claims, secret, algorithm="HS256", headers={"typ": "at+jwt"})
+    bad = jwt.encode(
+        claims, secrets.token_urlsafe(40), algorithm="HS256", headers={"typ": "at+jwt"}
+    )
+    async with serve(app) as client:
+        assert await open_session(client, good)
+        assert (await post(client, bad, rpc("tools/list"))).status_code == 401
+
+
+async def test_redis_down_refuses_calls_with_503(
+    make_settings: Callable[..., Settings], minter: Minter, redis_server: Any
+) -> None:
+    async with serve(create_app(make_settings())) as client:
+        token = minter.token()
+        session = await open_session(client, token)
+        redis_server.stop()
+        try:
+            reply = await post(client, token, rpc("tools/list", {}, 2), session=session)
+            assert reply.status_code == 503
+            assert "refused" in reply.json()["error"]["message"]
+        finally:
+            redis_server.start()
+
+
+async def test_a_session_is_bound_to_its_principal(
+    tools: httpx2.AsyncClient, minter: Minter
+) -> None:
+    owner = minter.token(sub="alice")
+    session = await open_session(tools, owner)
+    same_user_other_token = minter.token(sub="alice")
+    ok = await post(tools, same_user_other_token, rpc("tools/list", {}, 2), session=session)
+    assert ok.status_code == 200
+    thief = minter.token(sub="mallory")
+    stolen = await post(tools, thief, rpc("tools/list", {}, 3), session=session)
+    assert stolen.status_code == 404
