@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from fastapi import FastAPI
 from services.tools.tests.helpers import (
     AUDIT_RESOURCE,
     AUTH_ISSUER,
@@ -68,3 +69,11 @@ async def tools(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx2.
     """The tools app with default test settings, as an in-process HTTP client."""
     async with serve(create_app(make_settings())) as client:
         yield client
+
+
+@pytest.fixture
+async def app_running(make_settings: Callable[..., Settings]) -> AsyncIterator[FastAPI]:
+    """The tools app with its lifespan running (for clients that bring their own transport)."""
+    app = create_app(make_settings())
+    async with app.router.lifespan_context(app):
+        yield app

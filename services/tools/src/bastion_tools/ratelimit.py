@@ -53,12 +53,8 @@ def limits_for_roles(
 ) -> tuple[int, float]:
     """The most generous (capacity, refill) among `roles`; no known role means guest."""
     table = {**DEFAULT_RATE_LIMITS, **(overrides or {})}
-    best = table["guest"]
-    for role in roles:
-        limit = table.get(role)
-        if limit is not None and limit[0] > best[0]:
-            best = limit
-    return best
+    known = [table[role] for role in roles if role in table]
+    return max(known, key=lambda limit: limit[0]) if known else table["guest"]
 
 
 class RateLimiter:

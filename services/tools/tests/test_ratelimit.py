@@ -1,0 +1,183 @@
+"""Rate limits: token buckets in Redis (one Lua script with the denylist), 429 with a
+computed Retry-After, the concurrency bound across replicas, the per-IP bucket in front
+of authentication, and one Redis round trip per call."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from services.tools.tests.helpers import (
+    PUBLIC_URL,
+    Minter,
+    call_tool,
+    open_session,
+    post,
+    rpc,
+    serve,
+    wait_for_event,
+)
+
+from bastion_common.redis import create_redis
+from bastion_tools.app import create_app
+from bastion_tools.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+
+async def _commands_processed(redis_url: str) -> int:
+    redis = create_redis(redis_url)
+    try:
+        stats: dict[str, Any] = await redis.info("stats")
+        return int(stats["total_commands_processed"])
+    finally:
+        await redis.aclose()
+
+
+async def test_an_empty_bucket_gets_429_with_retry_after_from_the_bucket(
+    make_settings: Callable[..., Settings], minter: Minter, redis_url: str
+) -> None:
+    settings = make_settings(rate_limits={"guest": (6, 0.5)}, tool_costs={"get_weather": 1})
+    async with serve(create_app(settings)) as client:
+        token = minter.token(sub="gus", roles=["guest"], scope="weather:read")
+        session = await open_session(client, token)  # initialize + initialized: 2 tokens
+        statuses = []
+        for _ in range(6):
+            reply = await call_tool(client, token, session, "get_weather", {"city": "Rome"})
+            statuses.append(reply.status_code)
+        assert statuses[:4] == [200] * 4
+        assert statuses[4:] == [429, 429]
+        refused = reply
+        retry_after = int(refused.headers["retry-after"])
+        # One token at 0.5/s: at most 2 s away, computed from the bucket's level.
+        assert 1 <= retry_after <= 2
+        assert refused.headers["ratelimit-remaining"] == "0"
+        assert refused.headers["ratelimit-limit"] == "6"
+        assert "retry after" in refused.json()["error"]["message"]
+        event = await wait_for_event(redis_url, "ratelimit.refused", principal="gus")
+        assert event.tool == "get_weather" and event.outcome == "denied"
+
+
+async def test_retry_after_grows_with_the_cost_of_the_tool(
+    make_settings: Callable[..., Settings], minter: Minter
+) -> None:
+    settings = make_settings(rate_limits={"admin": (20, 1.0)}, tool_costs={"list_users": 15})
+    async with serve(create_app(settings)) as client:
+        token = minter.token(sub="ada", roles=["admin"], scope="admin:users weather:read")
+        session = await open_session(client, token)
+        assert (await call_tool(client, token, session, "list_users", {})).status_code == 200
+        refused = await call_tool(client, token, session, "list_users", {})
+        assert refused.status_code == 429
+        # 20 - 2 (handshake) - 15 = 3 left; 15 needed at 1/s: 12 s, not a constant.
+        assert 11 <= int(refused.headers["retry-after"]) <= 13
+
+
+async def test_concurrent_clients_on_two_replicas_never_exceed_the_bucket(
+    make_settings: Callable[..., Settings], minter: Minter
+) -> None:
+    capacity, refill = 40, 20.0
+    settings = make_settings(rate_limits={"user": (capacity, refill)}, stateless_http=True)
+    token = minter.token(sub="hammer", roles=["user"], scope="weather:read")
+    body = rpc("tools/call", {"name": "get_weather", "arguments": {"city": "Lima"}})
+    allowed = refused = 0
+    duration = 4.0
+    async with serve(create_app(settings)) as one, serve(create_app(settings)) as two:
+        started = time.monotonic()
+        deadline = started + duration
+
+        async def hammer(client: httpx2.AsyncClient) -> None:
+            nonlocal allowed, refused
+            while time.monotonic() < deadline:
+                status = (await post(client, token, body)).status_code
+                if status == 200:
+                    allowed += 1
+                else:
+                    assert status == 429
+                    refused += 1
+
+        async with anyio.create_task_group() as group:
+            for i in range(64):
+                group.start_soon(hammer, one if i % 2 else two)
+        elapsed = time.monotonic() - started
+    bound = capacity + refill * elapsed
+    assert allowed <= bound, (allowed, bound)
+    assert allowed >= capacity  # the limit engaged, it did not refuse everything
+    assert refused > 0
+
+
+async def test_a_flood_of_bad_tokens_is_cut_off_by_the_ip_bucket_without_redis(
+    make_settings: Callable[..., Settings], minter: Minter, redis_url: str
+) -> None:
+    settings = make_settings(ip_capacity=5, ip_refill_per_second=0.1)
+    async with serve(create_app(settings)) as client:
+        statuses = [(await post(client, "bad.token.here", rpc("tools/list"))).status_code
+                    for _ in range(8)]  # fmt: skip
+        assert statuses[:5] == [401] * 5
+        assert statuses[5:] == [429] * 3
+        await wait_for_event(redis_url, "ratelimit.refused", bucket="ip", ip="10.0.0.7")
+        # Blocked from memory: neither crypto nor Redis for the rest of the flood...
+        before = await _commands_processed(redis_url)
+        for _ in range(50):
+            reply = await post(client, "another.bad.token", rpc("tools/list"))
+            assert reply.status_code == 429
+            assert int(reply.headers["retry-after"]) >= 1
+        # INFO itself and the audit flusher, not one command per refused request.
+        assert await _commands_processed(redis_url) - before < 10
+        # ...while another address is served normally.
+        other = httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(
+                app=client._transport.app,  # type: ignore[attr-defined]
+                client=("10.0.0.99", 1),
+            ),
+            base_url=PUBLIC_URL,
+        )
+        async with other:
+            assert await open_session(other, minter.token())
+
+
+async def _command_counts(redis_url: str) -> dict[str, int]:
+    redis = create_redis(redis_url)
+    try:
+        stats: dict[str, Any] = await redis.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    finally:
+        await redis.aclose()
+
+
+# Commands run inside the Lua script, and those of the measuring connection itself.
+_INSIDE_SCRIPT = {"exists", "time", "hmget", "hset", "pexpire"}
+_MEASURING = {"hello", "ping", "info", "client|setinfo", "client"}
+
+
+async def test_each_call_costs_one_redis_round_trip(
+    make_settings: Callable[..., Settings], minter: Minter, redis_url: str
+) -> None:
+    async with serve(create_app(make_settings(stateless_http=True))) as client:
+        token = minter.token(sub="counted", scope="weather:read")
+        assert (await post(client, token, rpc("tools/list"))).status_code == 200
+        before = await _command_counts(redis_url)
+        calls = 25
+        for i in range(calls):
+            assert (await post(client, token, rpc("tools/list", {}, i))).status_code == 200
+        after = await _command_counts(redis_url)
+    delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert delta.pop("evalsha") == calls  # denylist + bucket: one script per call
+    assert set(delta) <= _INSIDE_SCRIPT | _MEASURING, delta
+
+
+async def test_rate_limit_headers_accompany_allowed_calls(
+    tools: httpx2.AsyncClient, minter: Minter
+) -> None:
+    token = minter.token(sub="heidi", roles=["premium"], scope="weather:read")
+    session = await open_session(tools, token)
+    reply = await call_tool(tools, token, session, "get_weather", {"city": "Kyiv"})
+    assert reply.status_code == 200
+    assert reply.headers["ratelimit-limit"] == "1000"
+    remaining = int(reply.headers["ratelimit-remaining"])
+    assert 990 <= remaining < 1000
+    assert math.isfinite(float(reply.headers["ratelimit-reset"]))
