@@ -11,8 +11,9 @@ Two layers, both always applied:
    it is then walked one component at a time from a descriptor of the root with
    `O_NOFOLLOW` (openat), so a symlink anywhere on the way is refused even if it is
    swapped in after the check. Only regular files are read, written or deleted (no
-   devices, FIFOs or sockets); files over the size limit are refused; writes go to a
-   temporary file in the same directory, fsynced, then renamed over the target.
+   devices, FIFOs or sockets; no hard-linked file is read); files over the size limit
+   are refused; writes go to a temporary file in the same directory, fsynced, then
+   renamed over the target (which replaces a link, never writes through it).
 
 All methods are blocking: call them through `anyio.to_thread.run_sync`.
 """
@@ -179,6 +180,9 @@ class Sandbox:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise SandboxError("not a regular file")
+            if st.st_nlink > 1:
+                # A hard link may share its inode with a file outside the root.
+                raise SandboxError("hard-linked files are not read")
             if st.st_size > self.max_bytes:
                 raise SandboxError(f"file is larger than {self.max_bytes} bytes")
             chunks = []
