@@ -282,7 +282,7 @@ class Guard:
             # The key cannot be checked: refuse (fail closed), but say it is temporary.
             deps.auditor.emit(
                 "authn.failed", "error", ip=ip, reason="key service unavailable",
-                credential="api_key",
+                presented="api_key",
             )  # fmt: skip
             raise _Refusal(
                 503, _rpc_error(f"API key cannot be checked now: {exc}"), {"Retry-After": "1"},
@@ -294,7 +294,7 @@ class Guard:
         credential = "none" if token is None else (
             "api_key" if token.startswith(API_KEY_PREFIX) else "bearer"
         )  # fmt: skip
-        deps.auditor.emit("authn.failed", "failure", ip=ip, reason=reason, credential=credential)
+        deps.auditor.emit("authn.failed", "failure", ip=ip, reason=reason, presented=credential)
         try:
             decision = await deps.limiter.take(
                 ip_bucket_key(ip),
@@ -378,7 +378,7 @@ class Guard:
         if decision.status == "revoked":
             deps.auditor.emit(
                 "authn.failed", "failure", principal=principal, ip=ip, reason="token revoked",
-                credential="bearer",
+                presented="bearer",
             )  # fmt: skip
             raise _Refusal(
                 401,
