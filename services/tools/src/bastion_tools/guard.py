@@ -250,9 +250,10 @@ class Guard:
         authorization = headers.get("authorization")
         if not authorization:
             await self._failed(deps, ip, "missing_token", None)
+            # RFC 6750 §3.1: no credentials, so no error code; the challenge says where to go.
             raise _Refusal(
                 401,
-                _oauth_error("invalid_token", "authentication required"),
+                {"error_description": "authentication required"},
                 {"WWW-Authenticate": bearer_challenge(self.settings)},
                 reason="missing_token",
             )
