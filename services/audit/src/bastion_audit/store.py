@@ -1,101 +1,437 @@
-"""The audit store: SQLite in WAL mode, one row per event, idempotent by event id.
+"""The audit store: SQLite in WAL mode, one hash-chained row per event, signed checkpoints.
 
-The hash chain and signed checkpoints build on this table (issue 6). Writes run in a
-worker thread (sqlite3 is blocking); a batch is committed before the collector
-acknowledges it, so an acknowledged event is on disk.
+Every row carries `prev_hash` and `hash = SHA-256(prev_hash "\\n" body)`, where `body`
+is the event's canonical JSON (sorted keys, no spaces). Changing, removing, inserting or
+reordering a row breaks the link at that row; rewriting the whole chain after it is caught
+by the signed checkpoints (`signing.py`), which the attacker cannot forge.
+
+Appends are serialised in SQLite itself (`BEGIN IMMEDIATE`, read the head, append), so
+several collector replicas writing the same file still build one chain. Storing is
+idempotent by event id. Writes are batched and committed (synchronous=FULL) before the
+collector acknowledges anything. All methods are blocking: call them from a thread.
+
+Retention: `prune` deletes only whole runs of events up to a checkpoint older than the
+cut-off, and remembers that checkpoint as the anchor the chain is verified from.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bastion_audit.signing import CheckpointSigner
 from bastion_common.audit import AuditEvent
 
-__all__ = ["AuditStore"]
+__all__ = [
+    "GENESIS_HASH",
+    "AuditStore",
+    "BadRecord",
+    "EventFilter",
+    "VerifyResult",
+    "canonical_json",
+    "chain_hash",
+]
+
+GENESIS_HASH = "0" * 64
+_VERIFY_CHUNK = 5000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq         INTEGER PRIMARY KEY,
     event_id    TEXT NOT NULL UNIQUE,
-    time        TEXT NOT NULL,
+    ts          INTEGER NOT NULL,
     type        TEXT NOT NULL,
     service     TEXT NOT NULL,
     outcome     TEXT NOT NULL,
     principal   TEXT,
+    client_id   TEXT,
     tool        TEXT,
     ip          TEXT,
-    body        TEXT NOT NULL
+    token_ref   TEXT,
+    body        TEXT NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_time ON events(time);
-CREATE INDEX IF NOT EXISTS events_type ON events(type);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+CREATE INDEX IF NOT EXISTS events_type_ts ON events(type, ts);
+CREATE INDEX IF NOT EXISTS events_principal_ts ON events(principal, ts);
+CREATE INDEX IF NOT EXISTS events_ip_ts ON events(ip, ts);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq         INTEGER PRIMARY KEY,
+    hash        TEXT NOT NULL,
+    time        TEXT NOT NULL,
+    key_id      TEXT NOT NULL,
+    signature   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name        TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+);
 """
+
+# Columns derived from the body: filled on insert and checked again by verify.
+_COLUMNS = (
+    "event_id",
+    "ts",
+    "type",
+    "service",
+    "outcome",
+    "principal",
+    "client_id",
+    "tool",
+    "ip",
+    "token_ref",
+)
+# Detail keys that name the token an event was made with (jti or a token id).
+_TOKEN_REF_KEYS = ("jti", "token_id")
+
+
+def canonical_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(prev_hash: str, body: str) -> str:
+    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
+
+
+def _epoch_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _columns(event: dict[str, Any]) -> tuple[Any, ...]:
+    details = event.get("details") or {}
+    token_ref = next(
+        (str(details[k]) for k in _TOKEN_REF_KEYS if isinstance(details, dict) and details.get(k)),
+        None,
+    )
+    return (
+        event["id"],
+        _epoch_ms(datetime.fromisoformat(event["time"])),
+        event["type"],
+        event["service"],
+        event["outcome"],
+        event.get("principal"),
+        event.get("client_id"),
+        event.get("tool"),
+        event.get("ip"),
+        token_ref,
+    )
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    type: str | None = None
+    principal: str | None = None
+    outcome: str | None = None
+    tool: str | None = None
+    ip: str | None = None
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    seq: int
+    reason: str
+    event_id: str | None = None
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    records: int = 0
+    first_seq: int | None = None
+    head_seq: int = 0
+    head_hash: str = GENESIS_HASH
+    checkpoints: int = 0
+    anchor_seq: int = 0
+    first_bad: BadRecord | None = None
+    problems: list[BadRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("problems")
+        return out
 
 
 class AuditStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        signer: CheckpointSigner | None = None,
+        checkpoint_every: int = 10_000,
+        busy_timeout_ms: int = 30_000,
+    ) -> None:
         self._path = str(path)
+        self._signer = signer
+        self._checkpoint_every = checkpoint_every
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        self._read_lock = threading.Lock()
+        self._db = self._connect(busy_timeout_ms)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._reader = self._connect(busy_timeout_ms)
+
+    def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes SQLite's write lock before reading the head, so two
+        # writers (threads or replicas) can never both append after the same row.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A read connection showing one snapshot of the store for the block's duration."""
+        with self._read_lock:
+            self._reader.execute("BEGIN")
+            try:
+                yield self._reader
+            finally:
+                self._reader.execute("COMMIT")
+
+    # -- writing ---------------------------------------------------------------------
 
     def add_batch(self, events: Sequence[AuditEvent]) -> int:
-        """Store events not stored yet; returns how many were new."""
-        rows = [
-            (
-                e.id,
-                e.time.isoformat(),
-                e.type,
-                e.service,
-                e.outcome,
-                e.principal,
-                e.tool,
-                e.ip,
-                e.model_dump_json(),
+        """Append the events not stored yet, in order; returns how many were new."""
+        if not events:
+            return 0
+        prepared: dict[str, tuple[str, tuple[Any, ...]]] = {}
+        for event in events:
+            if event.id not in prepared:
+                data = event.model_dump(mode="json")
+                prepared[event.id] = (canonical_json(data), _columns(data))
+        with self._lock, self._transaction() as db:
+            ids = list(prepared)
+            for start in range(0, len(ids), 900):
+                chunk = ids[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                for (known,) in db.execute(
+                    f"SELECT event_id FROM events WHERE event_id IN ({marks})",  # noqa: S608 - only placeholders
+                    chunk,
+                ):
+                    prepared.pop(known, None)
+            if not prepared:
+                return 0
+            seq, prev = self._head(db)
+            rows = []
+            for body, columns in prepared.values():
+                seq += 1
+                digest = chain_hash(prev, body)
+                rows.append((seq, *columns, body, prev, digest))
+                prev = digest
+            db.executemany(
+                "INSERT INTO events (seq, event_id, ts, type, service, outcome, principal,"
+                " client_id, tool, ip, token_ref, body, prev_hash, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
-            for e in events
-        ]
-        with self._lock:
-            before = self._db.total_changes
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO events"
-                    " (event_id, time, type, service, outcome, principal, tool, ip, body)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return self._db.total_changes - before
+            if self._signer is not None:
+                (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
+                if seq - int(last) >= self._checkpoint_every:
+                    self._write_checkpoint(db, seq, prev)
+            return len(rows)
 
-    def query(self, *, type_: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        sql = "SELECT seq, body FROM events"
-        args: list[Any] = []
-        if type_:
-            sql += " WHERE type = ?"
-            args.append(type_)
-        sql += " ORDER BY seq LIMIT ?"
-        args.append(limit)
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-        return [
-            {"seq": seq, **AuditEvent.model_validate_json(body).model_dump(mode="json")}
-            for seq, body in rows
-        ]
+    def _head(self, db: sqlite3.Connection) -> tuple[int, str]:
+        row = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            return int(row[0]), str(row[1])
+        anchor = self._meta(db, "anchor_seq")
+        if anchor is not None:
+            return int(anchor), str(self._meta(db, "anchor_hash"))
+        return 0, GENESIS_HASH
+
+    @staticmethod
+    def _meta(db: sqlite3.Connection, name: str) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _write_checkpoint(self, db: sqlite3.Connection, seq: int, head_hash: str) -> None:
+        assert self._signer is not None  # noqa: S101 - callers check
+        now = datetime.now(UTC).isoformat()
+        db.execute(
+            "INSERT OR IGNORE INTO checkpoints (seq, hash, time, key_id, signature)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (seq, head_hash, now, self._signer.key_id, self._signer.sign(seq, head_hash, now)),
+        )
+
+    def checkpoint(self) -> int | None:
+        """Sign the current head if it moved since the last checkpoint; its seq, or None."""
+        if self._signer is None:
+            return None
+        with self._lock, self._transaction() as db:
+            seq, head_hash = self._head(db)
+            (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
+            if seq == 0 or seq <= int(last):
+                return None
+            self._write_checkpoint(db, seq, head_hash)
+            return seq
+
+    def prune(self, older_than: datetime) -> int:
+        """Delete events stored before the newest checkpoint older than `older_than`.
+
+        The chain stays verifiable: that checkpoint becomes the anchor, and the first
+        remaining row links to its hash.
+        """
+        with self._lock, self._transaction() as db:
+            row = db.execute(
+                "SELECT seq, hash FROM checkpoints WHERE time < ? ORDER BY seq DESC LIMIT 1",
+                (older_than.astimezone(UTC).isoformat(),),
+            ).fetchone()
+            anchor = int(self._meta(db, "anchor_seq") or 0)
+            if row is None or int(row[0]) <= anchor:
+                return 0
+            seq, head_hash = int(row[0]), str(row[1])
+            deleted = db.execute("DELETE FROM events WHERE seq <= ?", (seq,)).rowcount
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                [("anchor_seq", str(seq)), ("anchor_hash", head_hash)],
+            )
+            return int(deleted)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def head(self) -> tuple[int, str]:
+        with self.reader() as db:
+            return self._head(db)
 
     def count(self) -> int:
-        with self._lock:
-            (n,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
+        with self.reader() as db:
+            (n,) = db.execute("SELECT COUNT(*) FROM events").fetchone()
         return int(n)
+
+    def query(
+        self,
+        *,
+        type_: str | None = None,
+        limit: int = 100,
+        after_seq: int = 0,
+        where: EventFilter | None = None,
+    ) -> list[dict[str, Any]]:
+        """Stored events in chain order, oldest first, after `after_seq` (the cursor)."""
+        flt = where or EventFilter(type=type_)
+        clauses = ["seq > ?"]
+        args: list[Any] = [after_seq]
+        if flt.since is not None:
+            clauses.append("ts >= ?")
+            args.append(_epoch_ms(flt.since))
+        if flt.until is not None:
+            clauses.append("ts < ?")
+            args.append(_epoch_ms(flt.until))
+        for column in ("type", "principal", "outcome", "tool", "ip"):
+            value = getattr(flt, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        sql = (
+            "SELECT seq, hash, body FROM events WHERE "  # noqa: S608 - fixed column names
+            + " AND ".join(clauses)
+            + " ORDER BY seq LIMIT ?"
+        )
+        args.append(limit)
+        with self.reader() as db:
+            rows = db.execute(sql, args).fetchall()
+        return [{"seq": seq, "hash": digest, **json.loads(body)} for seq, digest, body in rows]
+
+    # -- verifying -------------------------------------------------------------------
+
+    def verify(
+        self, signer: CheckpointSigner, *, retention: timedelta | None = None
+    ) -> VerifyResult:
+        """Walk the chain and the checkpoints; report the first record that is wrong."""
+        result = VerifyResult(ok=True)
+
+        def bad(seq: int, reason: str, event_id: str | None = None) -> None:
+            result.problems.append(BadRecord(seq, reason, event_id))
+
+        with self.reader() as db:
+            checkpoints = {
+                int(seq): (str(h), str(t), str(sig))
+                for seq, h, t, sig in db.execute(
+                    "SELECT seq, hash, time, signature FROM checkpoints ORDER BY seq"
+                )
+            }
+            result.checkpoints = len(checkpoints)
+            for seq, (digest, time, signature) in checkpoints.items():
+                if not signer.verify(seq, digest, time, signature):
+                    bad(seq, "checkpoint signature is invalid")
+            anchor = int(self._meta(db, "anchor_seq") or 0)
+            prev = GENESIS_HASH
+            if anchor:
+                result.anchor_seq = anchor
+                found = checkpoints.get(anchor)
+                if found is None or found[0] != self._meta(db, "anchor_hash"):
+                    bad(anchor, "the retention anchor is not a signed checkpoint")
+                else:
+                    prev = found[0]
+                    stamped = datetime.fromisoformat(found[1])
+                    if retention is not None and stamped > datetime.now(UTC) - retention:
+                        bad(anchor, "events were pruned before their retention period ended")
+            expected = anchor + 1
+            last = anchor
+            while True:
+                rows = db.execute(
+                    "SELECT seq, " + ", ".join(_COLUMNS) + ", body, prev_hash, hash"  # noqa: S608
+                    " FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (last, _VERIFY_CHUNK),
+                ).fetchall()
+                if not rows:
+                    break
+                for row in rows:
+                    seq, columns = int(row[0]), tuple(row[1:11])
+                    body, prev_hash, digest = str(row[11]), str(row[12]), str(row[13])
+                    event_id = str(columns[0])
+                    if result.first_seq is None:
+                        result.first_seq = seq
+                    if seq != expected:
+                        bad(expected, f"records {expected}..{seq - 1} are missing")
+                    if prev_hash != prev:
+                        bad(seq, "prev_hash does not match the previous record", event_id)
+                    if chain_hash(prev_hash, body) != digest:
+                        bad(seq, "record content does not match its hash", event_id)
+                    else:
+                        try:
+                            derived = _columns(json.loads(body))
+                        except (ValueError, KeyError, TypeError):
+                            derived = ()
+                        if derived != columns:
+                            bad(seq, "indexed columns differ from the stored event", event_id)
+                    stamp = checkpoints.get(seq)
+                    if stamp is not None and stamp[0] != digest:
+                        bad(seq, "record hash differs from the signed checkpoint", event_id)
+                    prev = digest
+                    expected = seq + 1
+                    last = seq
+                    result.records += 1
+            result.head_seq, result.head_hash = last, prev
+            beyond = [seq for seq in checkpoints if seq > last]
+            if beyond:
+                bad(last + 1, f"records up to checkpoint {max(beyond)} are missing")
+        if result.problems:
+            result.ok = False
+            result.first_bad = min(result.problems, key=lambda p: p.seq)
+        return result
