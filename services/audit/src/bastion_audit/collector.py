@@ -1,14 +1,22 @@
-"""Consumes `audit:events` with a consumer group and stores each event once.
+"""Consumes `audit:events` with a consumer group and stores each event exactly once.
 
-An entry is acknowledged only after its batch is committed to the store. Entries
-that cannot be parsed go to the dead-letter stream `audit:dead` with the reason, then
-are acknowledged: counted, never silently dropped.
+- An entry is acknowledged only after its batch is committed to the store.
+- Entries left pending by a consumer that died are claimed back with XAUTOCLAIM once
+  they have been idle `claim_idle_ms`; our own pending entries (a restart under the
+  same consumer name) are read again first.
+- An entry that cannot be parsed goes to the dead-letter stream `audit:dead` with the
+  reason, in the same MULTI as its acknowledgement: counted, never silently dropped.
+- Redelivery is harmless: the store ignores an event id it already holds, so two
+  replicas, a restart or a claim never create a duplicate.
+- Sensitive values are redacted again before storing, whatever the publisher did.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter
@@ -18,14 +26,55 @@ from redis.exceptions import RedisError, ResponseError
 
 from bastion_audit.store import AuditStore
 from bastion_common.audit import AUDIT_STREAM, AuditEvent
-from bastion_common.logging import get_logger
+from bastion_common.logging import get_logger, redact
 
-__all__ = ["DEAD_LETTER_STREAM", "Collector"]
+__all__ = ["DEAD_LETTER_STREAM", "Collector", "StreamStats", "scrub"]
 
 DEAD_LETTER_STREAM = "audit:dead"
 log = get_logger(__name__)
 STORED = Counter("bastion_audit_events_stored_total", "Audit events stored")
 DEAD = Counter("bastion_audit_dead_letters_total", "Audit entries sent to the dead-letter stream")
+CLAIMED = Counter("bastion_audit_claimed_total", "Entries claimed back from idle consumers")
+
+_TOP_LEVEL_TEXT = ("principal", "client_id", "tool", "ip")
+_RAW_LIMIT = 8192
+
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    lag: int
+    pending: int
+    dead_letters: int
+
+
+def scrub(event: AuditEvent) -> AuditEvent:
+    """The event with secrets redacted again: details and the free-text top-level fields."""
+    top = {name: getattr(event, name) for name in _TOP_LEVEL_TEXT}
+    update: dict[str, Any] = {k: v for k, v in redact(top).items() if v != top[k]}
+    details = redact(event.details)
+    if details != event.details:
+        update["details"] = details
+    return event.model_copy(update=update) if update else event
+
+
+def _parse(fields: dict[bytes, bytes] | None) -> AuditEvent | str:
+    """The event, or the reason it cannot be stored."""
+    if not fields:
+        return "entry has no fields (deleted from the stream)"
+    try:
+        return scrub(AuditEvent.from_stream_fields(fields))
+    except KeyError:
+        return "no 'event' field"
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "event"
+        return f"invalid event: {where}: {first['msg']}"[:300]
+    except ValueError:
+        return "invalid event"
 
 
 class Collector:
@@ -38,6 +87,9 @@ class Collector:
         consumer: str = "",
         batch_size: int = 500,
         block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        claim_interval_s: float = 5.0,
+        stream: str = AUDIT_STREAM,
     ) -> None:
         self._redis = redis
         self._store = store
@@ -45,58 +97,137 @@ class Collector:
         self._consumer = consumer or socket.gethostname()
         self._batch_size = batch_size
         self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._claim_interval = claim_interval_s
+        self._stream = stream
+
+    @property
+    def consumer(self) -> str:
+        return self._consumer
 
     async def ensure_group(self) -> None:
         try:
-            await self._redis.xgroup_create(AUDIT_STREAM, self._group, id="0", mkstream=True)
+            await self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self.ensure_group()
                 # Our own pending entries first (a restart after a crash), then new ones.
-                await self.consume_once("0")
+                while await self.consume_once("0"):
+                    pass
+                next_claim = loop.time()
                 while True:
+                    if loop.time() >= next_claim:
+                        await self.claim_stale()
+                        next_claim = loop.time() + self._claim_interval
                     await self.consume_once(">")
             except (RedisError, OSError) as exc:
                 log.warning("audit.collector_retry", reason=type(exc).__name__)
-                await asyncio.sleep(1)
+                await asyncio.sleep(0.5)
 
     async def consume_once(self, start: str) -> int:
+        """Read one batch (">" new entries, "0" our own pending ones) and store it."""
         # redis-py's declared return type is a union no caller can use; the shape is fixed.
         response: Any = await self._redis.xreadgroup(
             self._group,
             self._consumer,
-            {AUDIT_STREAM: start},
+            {self._stream: start},
             count=self._batch_size,
             block=self._block_ms if start == ">" else None,
         )
         if not response:
             return 0
         _stream, entries = response[0]
+        return await self._process(entries)
+
+    async def claim_stale(self) -> int:
+        """Take over entries another consumer read but never acknowledged (XAUTOCLAIM)."""
+        handled = 0
+        cursor: Any = "0-0"
+        while True:
+            reply: Any = await self._redis.xautoclaim(
+                self._stream,
+                self._group,
+                self._consumer,
+                self._claim_idle_ms,
+                start_id=cursor,
+                count=self._batch_size,
+            )
+            cursor, entries = reply[0], reply[1]
+            if entries:
+                CLAIMED.inc(len(entries))
+                log.info("audit.claimed", count=len(entries), consumer=self._consumer)
+                handled += await self._process(entries)
+            if cursor in (b"0-0", "0-0"):
+                return handled
+
+    async def _process(self, entries: Sequence[Entry]) -> int:
         if not entries:
             return 0
         events: list[AuditEvent] = []
-        ids: list[bytes] = []
+        dead: list[tuple[bytes, dict[bytes, bytes] | None, str]] = []
         for entry_id, fields in entries:
-            ids.append(entry_id)
-            try:
-                events.append(AuditEvent.from_stream_fields(fields))
-            except (ValidationError, KeyError, UnicodeDecodeError, ValueError) as exc:
-                await self._dead_letter(entry_id, fields, type(exc).__name__)
+            parsed = _parse(fields)
+            if isinstance(parsed, str):
+                dead.append((entry_id, fields, parsed))
+            else:
+                events.append(parsed)
         stored = await asyncio.to_thread(self._store.add_batch, events) if events else 0
         STORED.inc(stored)
-        await self._redis.xack(AUDIT_STREAM, self._group, *ids)
+        # The dead letters and the acknowledgement travel together (MULTI), so a crash
+        # cannot acknowledge an entry whose dead letter was not written.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for entry_id, fields, reason in dead:
+                raw = {
+                    k.decode(errors="replace"): v.decode(errors="replace")
+                    for k, v in (fields or {}).items()
+                }
+                pipe.xadd(
+                    DEAD_LETTER_STREAM,
+                    {"entry_id": entry_id, "reason": reason, "raw": repr(raw)[:_RAW_LIMIT]},
+                )
+            pipe.xack(self._stream, self._group, *[entry_id for entry_id, _ in entries])
+            await pipe.execute()
+        for entry_id, _fields, reason in dead:
+            DEAD.inc()
+            log.error("audit.dead_letter", entry_id=entry_id.decode(), reason=reason)
         return len(entries)
 
-    async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
-        DEAD.inc()
-        log.error("audit.dead_letter", entry_id=entry_id.decode(), reason=reason)
-        raw = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
-        await self._redis.xadd(
-            DEAD_LETTER_STREAM,
-            {"entry_id": entry_id, "reason": reason, "raw": repr(raw)[:8192]},
-        )
+    async def stats(self) -> StreamStats:
+        lag = pending = 0
+        groups: Any = await self._redis.xinfo_groups(self._stream)
+        for group in groups:
+            name = group.get("name") or group.get(b"name")
+            if name in (self._group, self._group.encode()):
+                lag = int(group.get("lag") or 0)
+                pending = int(group.get("pending") or 0)
+        dead = int(await self._redis.xlen(DEAD_LETTER_STREAM))
+        return StreamStats(lag=lag, pending=pending, dead_letters=dead)
+
+    async def trim(self) -> None:
+        """Drop stream entries every group has acknowledged (oldest pending or delivered)."""
+        groups: Any = await self._redis.xinfo_groups(self._stream)
+        if not groups:
+            return
+        floor: tuple[int, int] | None = None
+        for group in groups:
+            name = group.get("name")
+            candidates = [group.get("last-delivered-id")]
+            summary: Any = await self._redis.xpending(self._stream, name)
+            if summary and summary.get("pending"):
+                candidates.append(summary.get("min"))
+            for raw in candidates:
+                if not raw:
+                    continue
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                ms, _, sub = text.partition("-")
+                point = (int(ms), int(sub or 0))
+                floor = point if floor is None or point < floor else floor
+        if floor is not None and floor > (0, 0):
+            # MINID keeps the entry at `floor` itself (still pending or last delivered).
+            await self._redis.xtrim(self._stream, minid=f"{floor[0]}-{floor[1]}", approximate=True)

@@ -1,0 +1,234 @@
+"""The collector: exactly once across restarts, claims from dead consumers, dead letters,
+replicas, re-redaction, and a Redis outage under load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+from services.audit.tests.helpers import PersistentRedis, event
+
+from bastion_audit.collector import DEAD_LETTER_STREAM, Collector
+from bastion_audit.signing import CheckpointSigner
+from bastion_audit.store import AuditStore
+from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher
+from bastion_common.logging import REDACTED
+from bastion_common.redis import create_redis
+
+GROUP = "audit-collectors"
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = create_redis(redis_url)
+    yield client
+    await client.aclose()
+
+
+def collector(redis: Redis, store: AuditStore, name: str = "c1", **kw: Any) -> Collector:
+    options: dict[str, Any] = {"block_ms": 20, "claim_idle_ms": 200, "claim_interval_s": 0.05}
+    options.update(kw)
+    return Collector(redis, store, group=GROUP, consumer=name, **options)
+
+
+@asynccontextmanager
+async def running(*collectors: Collector) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(c.run()) for c in collectors]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+async def xadd_all(redis: Redis, events: Sequence[AuditEvent]) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for e in events:
+            pipe.xadd(AUDIT_STREAM, e.to_stream_fields())  # type: ignore[arg-type]
+        await pipe.execute()
+
+
+async def wait_stored(store: AuditStore, n: int, timeout: float = 10) -> None:
+    with anyio.fail_after(timeout):
+        while await anyio.to_thread.run_sync(store.count) < n:
+            await anyio.sleep(0.02)
+
+
+async def pending(redis: Redis) -> int:
+    summary: Any = await redis.xpending(AUDIT_STREAM, GROUP)
+    return int(summary["pending"])
+
+
+def numbers(store: AuditStore) -> list[int]:
+    return [row["details"]["n"] for row in store.query(limit=1_000_000)]
+
+
+@pytest.mark.anyio
+async def test_events_arrive_exactly_once_across_a_restart_after_a_crash_before_ack(
+    redis: Redis, store: AuditStore, signer: CheckpointSigner
+) -> None:
+    events = [event(n=i) for i in range(300)]
+    await xadd_all(redis, events)
+    first = collector(redis, store, batch_size=100)
+    await first.ensure_group()
+    # Crash between storing and acknowledging: read and store a batch, never ack.
+    reply: Any = await redis.xreadgroup(GROUP, "c1", {AUDIT_STREAM: ">"}, count=100)
+    stored_before_crash = [AuditEvent.from_stream_fields(f) for _, f in reply[0][1]]
+    assert store.add_batch(stored_before_crash) == 100
+    assert await pending(redis) == 100
+    # Restart under the same name: the pending batch is read again and not stored twice.
+    async with running(collector(redis, store, batch_size=100)):
+        await wait_stored(store, 300)
+        with anyio.fail_after(5):
+            while await pending(redis):
+                await anyio.sleep(0.02)
+    assert store.count() == 300
+    assert numbers(store) == list(range(300))
+    assert store.verify(signer).ok
+
+
+@pytest.mark.anyio
+async def test_a_collector_stopped_mid_stream_and_started_again_loses_and_doubles_nothing(
+    redis: Redis, store: AuditStore
+) -> None:
+    await xadd_all(redis, [event(n=i) for i in range(2000)])
+    async with running(collector(redis, store, batch_size=50)):
+        await wait_stored(store, 1)
+    assert store.count() < 2000
+    await xadd_all(redis, [event(n=i) for i in range(2000, 2500)])
+    async with running(collector(redis, store, batch_size=50)):
+        await wait_stored(store, 2500)
+    assert sorted(numbers(store)) == list(range(2500))
+
+
+@pytest.mark.anyio
+async def test_entries_held_by_a_dead_consumer_are_claimed_back(
+    redis: Redis, store: AuditStore
+) -> None:
+    await xadd_all(redis, [event(n=i) for i in range(120)])
+    alive = collector(redis, store, "alive", claim_idle_ms=150)
+    await alive.ensure_group()
+    # "dead" reads everything and dies without acknowledging.
+    await redis.xreadgroup(GROUP, "dead", {AUDIT_STREAM: ">"}, count=1000)
+    assert await pending(redis) == 120
+    async with running(alive):
+        await wait_stored(store, 120)
+        with anyio.fail_after(5):
+            while await pending(redis):
+                await anyio.sleep(0.02)
+    assert sorted(numbers(store)) == list(range(120))
+
+
+@pytest.mark.anyio
+async def test_a_poison_message_lands_in_the_dead_letter_stream_with_its_reason(
+    redis: Redis, store: AuditStore
+) -> None:
+    await xadd_all(redis, [event(n=0)])
+    await redis.xadd(AUDIT_STREAM, {"v": "1", "event": "{not json"})
+    await redis.xadd(AUDIT_STREAM, {"v": "1", "something": "else"})
+    bad_type = event(n=1).model_dump(mode="json") | {"type": "NOT A TYPE"}
+    await redis.xadd(AUDIT_STREAM, {"v": "1", "event": json.dumps(bad_type)})
+    await xadd_all(redis, [event(n=2)])
+    async with running(collector(redis, store)):
+        await wait_stored(store, 2)
+        with anyio.fail_after(5):
+            while await redis.xlen(DEAD_LETTER_STREAM) < 3 or await pending(redis):
+                await anyio.sleep(0.02)
+    dead = await redis.xrange(DEAD_LETTER_STREAM)
+    reasons = [fields[b"reason"].decode() for _, fields in dead]
+    assert reasons[0].startswith("invalid event")
+    assert reasons[1] == "no 'event' field"
+    assert reasons[2].startswith("invalid event: type")
+    assert all(fields[b"entry_id"] for _, fields in dead)
+    assert numbers(store) == [0, 2]
+    stats = await collector(redis, store).stats()
+    assert stats.dead_letters == 3 and stats.pending == 0
+
+
+@pytest.mark.anyio
+async def test_two_replicas_at_once_store_every_event_once_in_one_chain(
+    redis_url: str, tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    path = tmp_path / "shared.sqlite3"
+    stores = [AuditStore(path, signer=signer), AuditStore(path, signer=signer)]
+    clients = [create_redis(redis_url), create_redis(redis_url)]
+    try:
+        replicas = [
+            collector(clients[i], stores[i], f"replica-{i}", batch_size=64) for i in range(2)
+        ]
+        async with running(*replicas):
+            for start in range(0, 3000, 300):
+                await xadd_all(clients[0], [event(n=i) for i in range(start, start + 300)])
+                await anyio.sleep(0.01)
+            await wait_stored(stores[0], 3000, timeout=20)
+        assert sorted(numbers(stores[0])) == list(range(3000))
+        consumers: Any = await clients[0].xinfo_consumers(AUDIT_STREAM, GROUP)
+        assert all(int(c["pending"]) == 0 for c in consumers)
+        assert len(consumers) == 2
+        assert stores[1].verify(signer).ok
+    finally:
+        for s in stores:
+            s.close()
+        for c in clients:
+            await c.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_collector_redacts_secrets_a_publisher_let_through(
+    redis: Redis, store: AuditStore
+) -> None:
+    raw = event(n=0).model_dump(mode="json")
+    raw["principal"] = "Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
+    raw["details"] = {"password": "hunter2", "arguments": {"content": "top secret file"},
+                      "note": "key mcp_live_ABCDEFGHIJKLMNOPQRST"}  # fmt: skip
+    # Written straight to the stream, as a buggy or hostile publisher would.
+    await redis.xadd(AUDIT_STREAM, {"v": "1", "event": json.dumps(raw)})
+    async with running(collector(redis, store)):
+        await wait_stored(store, 1)
+    (row,) = store.query()
+    text = json.dumps(row)
+    for secret in ("hunter2", "top secret", "eyJhbGciOiJFUzI1NiJ9", "mcp_live_"):
+        assert secret not in text
+    assert row["details"]["password"] == REDACTED
+    assert row["details"]["arguments"]["content"] == REDACTED
+
+
+@pytest.mark.anyio
+async def test_redis_stopped_and_started_under_load_loses_nothing_and_keeps_order(
+    persistent_redis: PersistentRedis, store: AuditStore, tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    publisher_redis = create_redis(persistent_redis.url)
+    collector_redis = create_redis(persistent_redis.url)
+    publisher = AuditPublisher(publisher_redis, tmp_path / "spool.jsonl", retry_interval=0.05)
+    await publisher.start()
+    total = 3000
+    try:
+        async with running(collector(collector_redis, store, batch_size=200)):
+            for i in range(total):
+                publisher.emit(event(n=i))
+                if i == 1000:
+                    await publisher.drain()
+                    await anyio.to_thread.run_sync(persistent_redis.stop)
+                if i == 2000:
+                    assert publisher.spooled
+                    await anyio.to_thread.run_sync(persistent_redis.start)
+                if i % 100 == 0:
+                    await anyio.sleep(0.005)  # a steady stream, not one burst
+            await publisher.drain()
+            await wait_stored(store, total, timeout=30)
+    finally:
+        await publisher.close()
+        await publisher_redis.aclose()
+        await collector_redis.aclose()
+    assert numbers(store) == list(range(total))
+    assert store.verify(signer).ok
