@@ -10,8 +10,10 @@ Both run with the same transport settings (JSON responses; stateless HTTP by def
 `--stateful` shares one session), as separate processes pinned to CPU 0; the load comes
 from `wrk` (C, one thread, 16 connections) pinned to CPU 1. The token is the same for
 every call, so its signature is verified once and then served from the cache, as for a
-real client. Output: calls/s and p50/p99 for each server, their ratio, and the p50
-difference (the pipeline's own cost per call). Writes bench/results/tools_overhead.json.
+real client. The two servers are measured alternately (`--rounds`, medians kept) so that
+other load on the machine falls on both alike. Output: calls/s, p50/p99 and the server
+process's CPU time per call for each server, the throughput ratio, and the differences
+(the pipeline's own cost per call). Writes bench/results/tools_overhead.json.
 
     .venv/bin/python bench/tools_overhead.py [--duration 10] [--connections 16]
 """
@@ -186,6 +188,17 @@ def check_call(url: str, body: str, token: str | None, session: str | None) -> N
         raise RuntimeError(f"the bench call does not work: {reply.status_code} {reply.text}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 def run_wrk(url: str, body: str, *, token: str | None, session: str | None, connections: int,
             duration: int, script: Path) -> dict[str, float]:  # fmt: skip
     argv = pinned(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
@@ -209,6 +222,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs; medians kept")
     parser.add_argument("--stateful", action="store_true", help="one shared session per server")
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the secured server")
     args = parser.parse_args()
@@ -237,9 +251,10 @@ def main() -> None:
                 [str(ROOT / "libs/common/src"), str(ROOT / "services/tools/src")]
             ),
         }
-        procs.append(subprocess.Popen(
+        plain_proc = subprocess.Popen(
             pinned([PYTHON, __file__, "serve-plain", str(plain_port), redis_url,
-                    "1" if stateless else "0"], 0), env=env))  # fmt: skip
+                    "1" if stateless else "0"], 0), env=env)  # fmt: skip
+        procs.append(plain_proc)
         secure_env = {
             **env,
             "PORT": str(secure_port),
@@ -258,9 +273,10 @@ def main() -> None:
             # A bucket no 16-client run can empty: every call still pays the Lua script.
             "TOOLS_RATE_LIMITS": json.dumps({"admin": [10**9, 10**6]}),
         }
-        procs.append(subprocess.Popen(
+        secure_proc = subprocess.Popen(
             pinned([PYTHON, "-m", "bastion_tools"], 0), env=secure_env,
-            stdout=subprocess.DEVNULL))  # fmt: skip
+            stdout=subprocess.DEVNULL)  # fmt: skip
+        procs.append(secure_proc)
         wait_port(plain_port)
         wait_port(secure_port)
 
@@ -269,18 +285,31 @@ def main() -> None:
         script = workdir / "mcp_call.lua"
         script.write_text(WRK_SCRIPT)
         targets = {
-            "plain": (f"http://127.0.0.1:{plain_port}/mcp", None),
-            "secured": (f"http://localhost:{secure_port}/mcp", token),
+            "plain": (f"http://127.0.0.1:{plain_port}/mcp", None, plain_proc.pid),
+            "secured": (f"http://localhost:{secure_port}/mcp", token, secure_proc.pid),
         }
-        results: dict[str, Any] = {}
-        for name, (url, bearer) in targets.items():
-            session = None if stateless else open_session(url, bearer)
-            check_call(url, body, bearer, session)
-            run_wrk(url, body, token=bearer, session=session, connections=args.connections,
-                    duration=args.warmup, script=script)  # fmt: skip
-            results[name] = run_wrk(url, body, token=bearer, session=session,
-                                    connections=args.connections, duration=args.duration,
-                                    script=script)  # fmt: skip
+        sessions: dict[str, str | None] = {}
+        for name, (url, bearer, _pid) in targets.items():
+            sessions[name] = None if stateless else open_session(url, bearer)
+            check_call(url, body, bearer, sessions[name])
+            run_wrk(url, body, token=bearer, session=sessions[name],
+                    connections=args.connections, duration=args.warmup, script=script)  # fmt: skip
+        # Alternate the two servers so that load from anything else on the machine
+        # falls on both alike; keep the median of each figure.
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        for _ in range(args.rounds):
+            for name, (url, bearer, pid) in targets.items():
+                cpu_before = cpu_seconds(pid)
+                run = run_wrk(url, body, token=bearer, session=sessions[name],
+                              connections=args.connections, duration=args.duration,
+                              script=script)  # fmt: skip
+                run["server_cpu_ms_per_call"] = round(
+                    (cpu_seconds(pid) - cpu_before) * 1000 / max(1, run["requests"]), 3
+                )
+                runs[name].append(run)
+        results: dict[str, Any] = {
+            name: {key: median([r[key] for r in rs]) for key in rs[0]} for name, rs in runs.items()
+        }
         jwks_server.shutdown()
         plain, secured = results["plain"], results["secured"]
         summary = {
@@ -293,6 +322,10 @@ def main() -> None:
             "throughput_ratio": round(secured["calls_per_s"] / plain["calls_per_s"], 3),
             "pipeline_p50_ms": round(secured["p50_ms"] - plain["p50_ms"], 3),
             "pipeline_p99_ms": round(secured["p99_ms"] - plain["p99_ms"], 3),
+            "pipeline_cpu_ms_per_call": round(
+                secured["server_cpu_ms_per_call"] - plain["server_cpu_ms_per_call"], 3
+            ),
+            "rounds": args.rounds,
         }
         print(json.dumps(summary, indent=2))
         out = ROOT / "bench" / "results"

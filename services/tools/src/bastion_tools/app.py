@@ -95,7 +95,9 @@ def create_app(settings: Settings) -> FastAPI:
                 max_bytes=settings.max_file_bytes,
             )
             await anyio.to_thread.run_sync(sandbox.ensure_root)
-            auditor = Auditor(state.audit, settings.service_name)
+            auditor = Auditor(
+                state.audit, settings.service_name, linger=settings.audit_linger_seconds
+            )
             catalog = build_catalog(
                 ToolDeps(
                     weather=WeatherStore(state.redis),
@@ -126,22 +128,27 @@ def create_app(settings: Settings) -> FastAPI:
             manager = mcp.session_manager
             state.extra.update(validator=validator, upstream=upstream, apikeys=apikeys,
                                catalog=catalog, mcp=mcp)  # fmt: skip
-            async with manager.run(), anyio.create_task_group() as tasks:
-                if apikeys is not None:
-                    ready = anyio.Event()
-                    tasks.start_soon(apikeys.listen, state.redis, ready)
-                    with anyio.move_on_after(2):
-                        await ready.wait()
-                guard.bind(
-                    manager.handle_request,
-                    catalog,
-                    GuardDeps(validator, RateLimiter(state.redis), auditor, apikeys),
-                )
-                try:
-                    yield
-                finally:
-                    guard.unbind()
-                    tasks.cancel_scope.cancel()
+            try:
+                async with manager.run(), anyio.create_task_group() as tasks:
+                    if apikeys is not None:
+                        ready = anyio.Event()
+                        tasks.start_soon(apikeys.listen, state.redis, ready)
+                        with anyio.move_on_after(2):
+                            await ready.wait()
+                    guard.bind(
+                        manager.handle_request,
+                        catalog,
+                        GuardDeps(validator, RateLimiter(state.redis), auditor, apikeys),
+                    )
+                    try:
+                        yield
+                    finally:
+                        guard.unbind()
+                        tasks.cancel_scope.cancel()
+            finally:
+                # Calls that finished while shutting down are recorded too: hand every
+                # held event over before the common lifespan closes the publisher.
+                auditor.flush()
 
     app = create_service_app(settings, title="MCP Bastion tools", extra_lifespan=lifespan)
     app.include_router(metadata_router(settings))

@@ -70,6 +70,8 @@ class Settings(ServiceSettings):
 
     # An unknown `kid` triggers at most one JWKS fetch per issuer per this many seconds.
     jwks_refetch_interval: float = Field(default=5.0, ge=0.05, le=300)
+    # Audit events are handed to the publisher in batches at most this old (0: one by one).
+    audit_linger_seconds: float = Field(default=0.02, ge=0, le=1)
     apikey_cache_seconds: float = Field(default=1.0, ge=0, le=5)
     stateless_http: bool = False
     json_response: bool = True
