@@ -1,0 +1,81 @@
+"""What routes depend on: the service context and the authenticated caller.
+
+Callers of the management API and of introspection present an access token from `auth`
+for this service's own resource (RFC 8707): validated by `bastion_common.tokens` (issuer
+pinned to auth, ES256 against auth's JWKS, audience = KEYS_PUBLIC_URL) and checked
+against the shared denylist. Every refusal is an `authn.failed` event (RFC 6750 §3.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from bastion_common.tokens import Principal, TokenError, TokenValidator, is_revoked
+from bastion_keys.errors import KeysError
+from bastion_keys.events import Auditor
+from bastion_keys.settings import Settings
+from bastion_keys.signing import SigningKey
+from bastion_keys.store import KeyStore
+from bastion_keys.usage import UsageTracker
+
+__all__ = ["Caller", "Context", "KeysContext", "client_ip"]
+
+
+@dataclass(frozen=True)
+class KeysContext:
+    settings: Settings
+    store: KeyStore
+    validator: TokenValidator
+    signing_key: SigningKey
+    auditor: Auditor
+    usage: UsageTracker
+    offered: dict[str, frozenset[str]]
+
+
+def _context(request: Request) -> KeysContext:
+    context: KeysContext = request.app.state.bastion.extra["keys"]
+    return context
+
+
+Context = Annotated[KeysContext, Depends(_context)]
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _refuse(description: str) -> KeysError:
+    return KeysError(
+        401,
+        "invalid_token",
+        description,
+        {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'},
+    )
+
+
+async def _caller(request: Request, context: Context) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    ip = client_ip(request)
+    if scheme.lower() != "bearer" or not token.strip():
+        context.auditor.emit("authn.failed", "failure", ip=ip, reason="missing_token")
+        raise KeysError(401, "invalid_token", "a bearer token is required",
+                        {"WWW-Authenticate": 'Bearer realm="keys"'})  # fmt: skip
+    try:
+        principal = await context.validator.validate(token.strip())
+    except TokenError as exc:
+        context.auditor.emit("authn.failed", "failure", ip=ip, reason=exc.description)
+        raise _refuse(exc.description) from None
+    if await is_revoked(context.store.redis, principal.token_id):
+        context.auditor.emit(
+            "authn.failed", "failure", principal=principal.subject,
+            client_id=principal.client_id, ip=ip, reason="token revoked",
+        )  # fmt: skip
+        raise _refuse("token revoked")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(_caller)]

@@ -1,0 +1,79 @@
+"""`POST /v1/introspect`: the tools server's check of a key presented to it directly.
+
+Not RFC 7662 (that would take a token, not a key, and a form body): a JSON contract
+shared with `tools` (DESIGN.md). The caller is a service: its access token from auth for
+this resource must carry a `client_id` in KEYS_INTROSPECTION_CLIENTS, anything else is
+403 and an `authz.denied` event. The answer is `{"active": false}` for every refusal,
+whatever the reason (the reason goes to the audit event), so the endpoint does not tell
+which keys exist. `expires_at` is when this secret stops working (the end of a rotation
+overlap when the old secret is presented), so a cache honouring it stops in time.
+
+A caller may pass the presenting client's address as `client_ip` (optional, additive to
+the contract); failed presentations are then rate limited per that address, as on
+`/token`. Without it they are counted against the caller itself.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from bastion_keys.deps import Caller, Context, client_ip
+from bastion_keys.errors import KeysError
+from bastion_keys.presentation import PresentationRefused, RateLimited, present
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["introspection"])
+
+
+class IntrospectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: str = Field(max_length=4096)
+    client_ip: str | None = Field(default=None, max_length=64)
+
+
+class IntrospectResponse(BaseModel):
+    active: bool
+    key_id: str | None = None
+    owner: str | None = None
+    roles: list[str] | None = None
+    permissions: list[str] | None = None
+    expires_at: datetime | None = None
+
+
+@router.post(
+    "/v1/introspect",
+    response_model=IntrospectResponse,
+    response_model_exclude_none=True,
+    summary="Check an API key for a service (tools)",
+)
+async def introspect(
+    body: IntrospectRequest, caller: Caller, context: Context, request: Request
+) -> IntrospectResponse:
+    ip = client_ip(request)
+    if caller.client_id not in context.settings.introspection_clients:
+        context.auditor.emit(
+            "authz.denied", "denied", principal=caller.subject, client_id=caller.client_id,
+            ip=ip, action="apikey.introspect", reason="client not allowed to introspect",
+        )  # fmt: skip
+        raise KeysError(403, "access_denied", "this client may not introspect API keys")
+    try:
+        accepted = await present(context, body.api_key, body.client_ip or ip, via="introspect")
+    except RateLimited as exc:
+        raise KeysError(429, "rate_limited", "too many failed key presentations; retry later",
+                        {"Retry-After": str(exc.retry_after)}) from None  # fmt: skip
+    except PresentationRefused:
+        return IntrospectResponse(active=False)
+    record = accepted.record
+    return IntrospectResponse(
+        active=True,
+        key_id=record.key_id,
+        owner=record.owner,
+        roles=list(record.roles),
+        permissions=list(record.permissions),
+        expires_at=datetime.fromtimestamp(accepted.valid_until, UTC),
+    )
