@@ -4,6 +4,7 @@ replicas, re-redaction, and a Redis outage under load."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -44,10 +45,11 @@ async def running(*collectors: Collector) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
+        for c, task in zip(collectors, tasks, strict=True):
+            c.stop()
             task.cancel()
         for task in tasks:
-            with pytest.raises(asyncio.CancelledError):
+            with anyio.fail_after(5), contextlib.suppress(asyncio.CancelledError):
                 await task
 
 

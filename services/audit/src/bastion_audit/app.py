@@ -99,6 +99,8 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
         try:
             yield
         finally:
+            collector.stop()
+            upkeep.stopping = True
             for task in tasks:
                 task.cancel()
             for task in tasks:

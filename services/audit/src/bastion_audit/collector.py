@@ -100,6 +100,12 @@ class Collector:
         self._claim_idle_ms = claim_idle_ms
         self._claim_interval = claim_interval_s
         self._stream = stream
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then leave `run` (a cancel alone can be swallowed
+        by the Redis client and turned into a connection error the loop retries)."""
+        self._stopping = True
 
     @property
     def consumer(self) -> str:
@@ -114,14 +120,14 @@ class Collector:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             try:
                 await self.ensure_group()
                 # Our own pending entries first (a restart after a crash), then new ones.
-                while await self.consume_once("0"):
+                while await self.consume_once("0") and not self._stopping:
                     pass
                 next_claim = loop.time()
-                while True:
+                while not self._stopping:
                     if loop.time() >= next_claim:
                         await self.claim_stale()
                         next_claim = loop.time() + self._claim_interval

@@ -37,6 +37,7 @@ class Maintenance:
     prune_interval: float
     metrics_interval: float
     trim_interval: float = 30.0
+    stopping: bool = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -47,7 +48,7 @@ class Maintenance:
             "prune": self.prune_interval,
             "trim": self.trim_interval,
         }
-        while True:
+        while not self.stopping:
             for duty, at in due.items():
                 if loop.time() < at:
                     continue
