@@ -41,7 +41,9 @@ ErrorCode = Literal[
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-@dataclass(frozen=True)
+# Not frozen: contextlib's context managers assign `__traceback__` to exceptions passing
+# through them, which a frozen dataclass refuses (FrozenInstanceError mid-request).
+@dataclass
 class KeysError(Exception):
     status: int
     code: ErrorCode

@@ -27,13 +27,13 @@ __all__ = ["Accepted", "PresentationRefused", "RateLimited", "present"]
 Reason = Literal["too_long", "malformed", "unknown", "revoked", "expired", "rotated"]
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: see errors.KeysError
 class PresentationRefused(Exception):
     reason: Reason
     key_id: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: see errors.KeysError
 class RateLimited(Exception):
     retry_after: int
 

@@ -6,7 +6,8 @@ Layout:
   during a rotation overlap, previous) secret. Kept until `RECORD_RETENTION_SECONDS` after
   the key expires, so owners still see expired and revoked keys for a while.
 - `apikeys:idx:{hmac}` string -> key_id: the lookup from a presented key. Expires with
-  the key (or with the overlap, for a rotated-out secret); deleted on revocation.
+  the key; kept after revocation and for the previous secret after a rotation (the record
+  decides), so late presentations are attributed; a second rotation deletes the oldest.
 - `apikeys:owner:{owner}` set of key ids (cleaned of vanished records when listed).
 - `apikeys:jtis:{key_id}` sorted set jti -> exp of tokens exchanged from the key, so a
   revocation can put the live ones on the shared denylist.
@@ -51,7 +52,7 @@ def record_key(key_id: str) -> str:
 
 
 def index_key(hmac_hex: str) -> str:
-    """HMAC of a live secret -> key id; EXPIREAT = the secret's last valid second."""
+    """HMAC of a key's secret -> key id; EXPIREAT = the key's expiry."""
     return f"{_INDEX_PREFIX}{hmac_hex}"
 
 
@@ -172,30 +173,24 @@ if old_prev and old_prev ~= '' then redis.call('DEL', ARGV[4] .. old_prev) end
 local current = redis.call('HGET', KEYS[1], 'hash')
 local overlap = tonumber(ARGV[3])
 local prev_until = math.min(now + overlap, expires)
-if overlap > 0 then
-  redis.call('HSET', KEYS[1], 'prev_hash', current, 'prev_until', tostring(prev_until))
-  redis.call('EXPIREAT', ARGV[4] .. current, math.ceil(prev_until))
-else
-  redis.call('DEL', ARGV[4] .. current)
-  redis.call('HSET', KEYS[1], 'prev_hash', '', 'prev_until', '')
-  prev_until = now
-end
+if overlap <= 0 then prev_until = now end
+-- The old secret's index entry stays until the key expires (its record says until when
+-- it is good), so a late use is still attributed to the key in the audit record.
+redis.call('HSET', KEYS[1], 'prev_hash', current, 'prev_until', tostring(prev_until))
 redis.call('HSET', KEYS[1], 'hash', ARGV[2], 'rotated_at', ARGV[1])
 redis.call('SET', KEYS[2], ARGV[5], 'EXAT', math.ceil(expires))
 return {1, tostring(prev_until)}
 """
 
-# Revoke: mark inactive, drop every index entry, denylist the live exchanged tokens and
-# announce the key id. KEYS: record, jtis. ARGV: now, index prefix, denylist prefix,
+# Revoke: mark inactive, denylist the live exchanged tokens and announce the key id. The
+# index entries stay (until the key's expiry) so that later presentations of the revoked
+# key are refused *as revoked*, with its id in the audit record.
+# KEYS: record, jtis. ARGV: now, index prefix (unused), denylist prefix,
 # channel, key id. Returns 1 revoked, 0 already inactive or missing.
 _REVOKE = """
 if redis.call('HGET', KEYS[1], 'active') ~= '1' then return 0 end
 local now = tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'active', '0', 'revoked_at', ARGV[1])
-for _, field in ipairs({'hash', 'prev_hash'}) do
-  local h = redis.call('HGET', KEYS[1], field)
-  if h and h ~= '' then redis.call('DEL', ARGV[2] .. h) end
-end
 local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES')
 for i = 1, #live, 2 do
   local ttl = math.ceil(tonumber(live[i + 1]) - now)
