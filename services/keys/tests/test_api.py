@@ -289,3 +289,37 @@ async def test_unknown_key_ids_are_404(keys: httpx2.AsyncClient, auth: StandInAu
     for key_id in ("k_0000000000000000", "../../etc", "x" * 20):
         reply = await keys.get(f"/v1/keys/{key_id}", headers=bearer(token))
         assert reply.status_code == 404, key_id
+
+
+async def test_when_redis_is_down_every_check_fails_closed(
+    keys: httpx2.AsyncClient, auth: StandInAuth, redis_server: object
+) -> None:
+    from services.keys.tests.helpers import exchange
+
+    token = auth.token()
+    created = await create_key(keys, token, ["weather:read"])
+    redis_server.stop()  # type: ignore[attr-defined]
+    try:
+        replies = [
+            await exchange(keys, created["api_key"]),
+            await keys.get("/v1/keys", headers=bearer(token)),
+            await keys.post(
+                "/v1/introspect",
+                json={"api_key": created["api_key"]},
+                headers=bearer(auth.service_token()),
+            ),
+        ]
+    finally:
+        redis_server.start()  # type: ignore[attr-defined]
+    for reply in replies:
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["error"] == "temporarily_unavailable"
+        assert "Traceback" not in reply.text and "redis" not in reply.text.lower()
+    # The test Redis keeps nothing across a restart; the service answers again at once.
+    assert (await keys.get("/v1/keys", headers=bearer(token))).status_code == 200
+
+
+async def test_the_bearer_scheme_is_documented(keys: httpx2.AsyncClient) -> None:
+    spec = (await keys.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/v1/keys"]["post"]["security"] == [{"HTTPBearer": []}]

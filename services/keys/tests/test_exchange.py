@@ -306,3 +306,13 @@ async def test_the_token_never_outlives_its_key(
         await redis.aclose()
         reply = await exchange(keys, created["api_key"])
         assert 110 <= reply.json()["expires_in"] <= 120
+
+
+async def test_a_form_with_too_many_fields_is_refused(keys: httpx2.AsyncClient) -> None:
+    body = "&".join(f"f{i}=x" for i in range(50))
+    reply = await keys.post(
+        "/token", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert reply.status_code == 400
+    assert reply.json()["error"] == "invalid_request"
+    assert reply.headers["cache-control"] == "no-store"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bastion_common.tokens import Principal, TokenError, TokenValidator, is_revoked
 from bastion_keys.errors import KeysError
@@ -56,11 +57,15 @@ def _refuse(description: str) -> KeysError:
     )
 
 
-async def _caller(request: Request, context: Context) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+# Declares the scheme in the OpenAPI document; the checks are ours (auto_error off).
+_bearer = HTTPBearer(auto_error=False, description="access token from auth for this resource")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def _caller(request: Request, context: Context, credentials: Credentials) -> Principal:
+    token = credentials.credentials if credentials else ""
     ip = client_ip(request)
-    if scheme.lower() != "bearer" or not token.strip():
+    if not token.strip():
         context.auditor.emit("authn.failed", "failure", ip=ip, reason="missing_token")
         raise KeysError(401, "invalid_token", "a bearer token is required",
                         {"WWW-Authenticate": 'Bearer realm="keys"'})  # fmt: skip

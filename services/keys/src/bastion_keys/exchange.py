@@ -20,6 +20,7 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bastion_common.permissions import parse_scope
 from bastion_keys.deps import Context, client_ip
@@ -46,7 +47,10 @@ async def _form(request: Request) -> dict[str, str]:
         "application/x-www-form-urlencoded"
     ):
         raise _invalid("invalid_request", "the body must be application/x-www-form-urlencoded")
-    form = await request.form(max_files=0, max_fields=20)
+    try:
+        form = await request.form(max_files=0, max_fields=20)
+    except StarletteHTTPException:
+        raise _invalid("invalid_request", "the form has too many or too large fields") from None
     fields: dict[str, str] = {}
     for name in set(form.keys()):
         values = form.getlist(name)
