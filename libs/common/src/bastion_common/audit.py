@@ -12,7 +12,8 @@ may repeat an event after a crash; the collector stores by event id, so a repeat
 harmless.
 
 Two ways to publish:
-- `await publish(event)`: the event is in Redis (or the spool) when it returns;
+- `await publish(event)`: the event is in Redis (or the spool) when it returns, after
+  every event handed over before it (both forms share one queue, so order is kept);
 - `emit(event)`: returns at once; a background flusher sends queued events in batches,
   one round trip per batch, so a hot path does not wait on Redis for its audit record.
 """
@@ -161,7 +162,9 @@ class AuditPublisher:
         self._batch_size = batch_size
         self._retry_interval = retry_interval
         self._spool_lock = asyncio.Lock()
-        self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue()
+        # An emitted event waits here alone; a published one with the future its caller
+        # awaits. One queue for both keeps the order in which they were handed over.
+        self._queue: asyncio.Queue[tuple[AuditEvent, asyncio.Future[None] | None]] = asyncio.Queue()
         self._flusher: asyncio.Task[None] | None = None
         self._replayer: asyncio.Task[None] | None = None
         self._closed = False
@@ -194,17 +197,24 @@ class AuditPublisher:
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
         if pending:
-            await self._send(pending)
+            await self._send_items(pending)
         if self._replayer:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
 
     async def publish(self, event: AuditEvent) -> None:
-        await self._send([event])
+        """Return once the event is in Redis or the spool, after every event handed over
+        before it (emitted or published)."""
+        if self._closed or self._flusher is None or self._flusher.done():
+            await self._send([event])
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, done))
+        await done
 
     def emit(self, event: AuditEvent) -> None:
-        self._queue.put_nowait(event)
+        self._queue.put_nowait((event, None))
 
     async def drain(self) -> None:
         """Wait until every emitted event has been sent (or spooled)."""
@@ -217,10 +227,29 @@ class AuditPublisher:
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._send(batch)
+                await self._send_items(batch)
+            except Exception as exc:  # noqa: BLE001 - top-level loop: the flusher must live on
+                log.error("audit.send_failed", error=type(exc).__name__, count=len(batch))
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _send_items(
+        self, items: Sequence[tuple[AuditEvent, asyncio.Future[None] | None]]
+    ) -> None:
+        try:
+            await self._send([event for event, _ in items])
+        except BaseException as exc:
+            for _, done in items:
+                if done is not None and not done.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        done.cancel()
+                    else:
+                        done.set_exception(exc)
+            raise
+        for _, done in items:
+            if done is not None and not done.done():
+                done.set_result(None)
 
     async def _send(self, events: Sequence[AuditEvent]) -> None:
         if not self.spooled:

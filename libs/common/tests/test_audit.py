@@ -1,0 +1,113 @@
+"""The audit publisher never drops an event: Redis stopped under load, spool replayed in
+order, new events queued behind the spool, a spool left by a closed process replayed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher
+from bastion_common.redis import create_redis
+
+
+def _event(n: int) -> AuditEvent:
+    return AuditEvent(type="tool.called", service="test", details={"n": n})
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = create_redis(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def _numbers(redis: Redis) -> list[int]:
+    entries = await redis.xrange(AUDIT_STREAM)
+    return [AuditEvent.from_stream_fields(f).details["n"] for _, f in entries]
+
+
+async def _wait_for(redis: Redis, count: int, publisher: AuditPublisher) -> None:
+    with anyio.fail_after(15):
+        while publisher.spooled or await redis.xlen(AUDIT_STREAM) < count:
+            await anyio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_redis_stopped_under_load_loses_nothing_and_keeps_order(
+    redis: Redis, redis_server: Any, tmp_path: Path
+) -> None:
+    publisher = AuditPublisher(redis, tmp_path / "spool.jsonl", retry_interval=0.05)
+    await publisher.start()
+    try:
+        for n in range(500):
+            publisher.emit(_event(n))
+        await publisher.drain()
+        assert await _numbers(redis) == list(range(500))
+        await redis.delete(AUDIT_STREAM)  # the test Redis keeps nothing across a restart
+
+        redis_server.stop()
+        try:
+            for n in range(500, 2500):
+                publisher.emit(_event(n))
+                if n % 200 == 0:
+                    await anyio.sleep(0.01)  # a steady stream, flushed in many batches
+            await publisher.publish(_event(2500))
+            await publisher.drain()
+            assert publisher.spooled
+        finally:
+            redis_server.start()
+        # New events keep coming while the spool is replayed: they queue behind it.
+        for n in range(2501, 3000):
+            publisher.emit(_event(n))
+        await publisher.drain()
+        await _wait_for(redis, 2500, publisher)
+    finally:
+        await publisher.close()
+    numbers = await _numbers(redis)
+    assert numbers == list(range(500, 3000))
+
+
+@pytest.mark.anyio
+async def test_a_spool_left_by_a_stopped_process_is_replayed_by_the_next_one(
+    redis: Redis, redis_server: Any, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool.jsonl"
+    redis_server.stop()
+    try:
+        first = AuditPublisher(redis, spool)
+        await first.start()
+        for n in range(100):
+            first.emit(_event(n))
+        await first.close()
+    finally:
+        redis_server.start()
+    assert spool.stat().st_size > 0
+    second = AuditPublisher(redis, spool, retry_interval=0.05)
+    await second.start()
+    try:
+        await _wait_for(redis, 100, second)
+    finally:
+        await second.close()
+    assert await _numbers(redis) == list(range(100))
+
+
+@pytest.mark.anyio
+async def test_a_torn_spool_line_is_skipped_and_the_rest_replayed(
+    redis: Redis, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool.jsonl"
+    spool.write_text(
+        _event(1).model_dump_json() + "\n" + '{"torn": ' + "\n" + _event(2).model_dump_json() + "\n"
+    )
+    publisher = AuditPublisher(redis, spool, retry_interval=0.05)
+    await publisher.start()
+    try:
+        await _wait_for(redis, 2, publisher)
+    finally:
+        await publisher.close()
+    assert await _numbers(redis) == [1, 2]
