@@ -2,13 +2,127 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import httpx2
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from bastion_auth import admin, authorize, grants, introspection, revocation
+from bastion_auth.clients import SERVICE_CLIENT, ClientStore
+from bastion_auth.deps import AuthContext
+from bastion_auth.errors import OAuthError, oauth_error_response
+from bastion_auth.keys import KeyRing
+from bastion_auth.lockout import Lockout
 from bastion_auth.settings import Settings
-from bastion_common.service import create_service_app
+from bastion_auth.tokens import TokenService
+from bastion_auth.users import UserStore
+from bastion_common.audit import AuditEvent
+from bastion_common.logging import get_logger
+from bastion_common.service import ServiceState, create_service_app
+from bastion_common.tokens import TokenValidator, TrustedIssuer
 
-__all__ = ["create_app"]
+__all__ = ["build_context", "create_app"]
+
+log = get_logger(__name__)
+BOOTSTRAP_LOCK = "auth:bootstrap"
+
+
+def _own_validator(settings: Settings, keyring: KeyRing) -> TokenValidator:
+    """The admin API validates its tokens like any resource server, against this
+    server's own JWKS served in-process (no HTTP round trip to itself)."""
+    if settings.signing_alg == "HS256":
+        issuer = TrustedIssuer(
+            settings.issuer, algorithms=("HS256",), shared_secret=settings.hs256_secret
+        )
+        return TokenValidator([issuer], settings.admin_resource)
+
+    async def serve_jwks(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json=await keyring.jwks())
+
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(serve_jwks))
+    issuer = TrustedIssuer(settings.issuer, jwks_url=f"{settings.issuer}/jwks.json")
+    return TokenValidator(
+        [issuer], settings.admin_resource, http_client=client, min_refetch_interval=1.0
+    )
+
+
+async def build_context(settings: Settings, state: ServiceState) -> AuthContext:
+    keyring = KeyRing(state.redis, settings)
+    await keyring.ensure_initial()
+    ctx = AuthContext(
+        settings=settings,
+        redis=state.redis,
+        audit=state.audit,
+        keyring=keyring,
+        tokens=TokenService(state.redis, settings, keyring),
+        users=UserStore(state.redis, settings),
+        clients=ClientStore(state.redis),
+        lockout=Lockout(state.redis, settings),
+        admin_validator=_own_validator(settings, keyring),
+    )
+    if settings.tools_client_secret is not None:
+        await ctx.clients.register_service_client(
+            SERVICE_CLIENT,
+            settings.tools_client_secret.get_secret_value(),
+            {
+                settings.admin_resource: ["admin:users"],
+                settings.audit_resource.rstrip("/"): ["metrics:view"],
+                settings.keys_resource.rstrip("/"): [],
+            },
+        )
+    await _bootstrap_admin(ctx)
+    return ctx
+
+
+async def _bootstrap_admin(ctx: AuthContext) -> None:
+    s = ctx.settings
+    if not s.bootstrap_admin_username or s.bootstrap_admin_password is None:
+        return
+    if await ctx.users.count() or not await ctx.redis.set(BOOTSTRAP_LOCK, "1", nx=True, ex=60):
+        return
+    user = await ctx.users.create(
+        s.bootstrap_admin_username, s.bootstrap_admin_password.get_secret_value(), ["admin"]
+    )
+    await ctx.audit.publish(
+        AuditEvent(
+            type="user.created",
+            service="auth",
+            principal="bootstrap",
+            details={"username": user.username, "roles": user.roles},
+        )
+    )
+    log.info("user.bootstrap_admin_created", username=user.username)
 
 
 def create_app(settings: Settings) -> FastAPI:
-    return create_service_app(settings, title="MCP Bastion auth")
+    @asynccontextmanager
+    async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
+        ctx = await build_context(settings, state)
+        state.extra["auth"] = ctx
+        try:
+            yield
+        finally:
+            await ctx.admin_validator.aclose()
+
+    app = create_service_app(
+        settings, title="MCP Bastion auth", extra_lifespan=lifespan, docs=False
+    )
+
+    @app.exception_handler(OAuthError)
+    async def _oauth_error(request: Request, exc: OAuthError) -> Response:
+        return oauth_error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.error("request.failed", error=type(exc).__name__, path=request.url.path)
+        return JSONResponse(
+            {"error": "server_error", "error_description": "internal error"},
+            status_code=500,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    for module in (admin, authorize, grants, revocation, introspection):
+        app.include_router(module.router)
+    return app

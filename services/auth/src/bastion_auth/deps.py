@@ -1,0 +1,68 @@
+"""What routes need, built once by the lifespan and reached through `Annotated` aliases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from bastion_auth.clients import ClientStore
+from bastion_auth.keys import KeyRing
+from bastion_auth.lockout import Lockout
+from bastion_auth.settings import Settings
+from bastion_auth.tokens import TokenService
+from bastion_auth.users import UserStore
+from bastion_common.audit import AuditEvent, AuditPublisher, Outcome
+from bastion_common.tokens import TokenValidator
+
+__all__ = ["AuthContext", "Ctx", "client_ip"]
+
+
+@dataclass
+class AuthContext:
+    settings: Settings
+    redis: Redis
+    audit: AuditPublisher
+    keyring: KeyRing
+    tokens: TokenService
+    users: UserStore
+    clients: ClientStore
+    lockout: Lockout
+    admin_validator: TokenValidator
+
+    def event(
+        self,
+        type_: str,
+        outcome: Outcome = "success",
+        *,
+        principal: str | None = None,
+        client_id: str | None = None,
+        ip: str | None = None,
+        **details: Any,
+    ) -> None:
+        """Queue an audit event (buffered: never on the hot path of the request)."""
+        self.audit.emit(
+            AuditEvent(
+                type=type_,
+                service="auth",
+                outcome=outcome,
+                principal=principal[:256] if principal else None,
+                client_id=client_id[:512] if client_id else None,
+                ip=ip,
+                details=details,
+            )
+        )
+
+
+def _context(request: Request) -> AuthContext:
+    ctx: AuthContext = request.app.state.bastion.extra["auth"]
+    return ctx
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+Ctx = Annotated[AuthContext, Depends(_context)]

@@ -1,0 +1,71 @@
+"""Every Redis key the auth service uses, with its lifetime beside it.
+
+Replicas share all state through these keys; nothing security-relevant lives only in
+one process. Secrets (codes, refresh tokens, client secrets) are keyed by their SHA-256,
+never stored in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = [
+    "ACCESS_RECORD",
+    "AUTH_REQUEST",
+    "AUTH_REQUEST_TTL",
+    "CIMD_CACHE",
+    "CLIENT",
+    "CODE",
+    "CODE_USED",
+    "CODE_USED_TTL",
+    "FAMILY",
+    "FAMILY_JTIS",
+    "LOCK_ACCOUNT_FAILS",
+    "LOCK_ACCOUNT_UNTIL",
+    "LOCK_IP_FAILS",
+    "REFRESH",
+    "REFRESH_NEXT",
+    "SESSION",
+    "SESSION_TTL",
+    "SIGNING_INIT_LOCK",
+    "SIGNING_KEYS",
+    "USER",
+    "USERS",
+    "USER_FAMILIES",
+    "digest",
+]
+
+
+def digest(secret: str) -> str:
+    """The key under which a high-entropy secret is stored (never the secret itself)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+USER = "auth:user:{username}"  # JSON, no TTL
+USERS = "auth:users"  # set of usernames, no TTL
+CLIENT = "auth:client:{client_id}"  # JSON, no TTL (DCR and confidential clients)
+CIMD_CACHE = "auth:cimd:{digest}"  # JSON of a fetched metadata document, cimd_cache_seconds
+
+AUTH_REQUEST = "auth:authreq:{id}"  # a validated /authorize request waiting for login
+AUTH_REQUEST_TTL = 600
+SESSION = "auth:session:{id}"  # browser session: JSON {username}, SESSION_TTL
+SESSION_TTL = 3600
+
+CODE = "auth:code:{digest}"  # authorization code, settings.code_ttl (60 s)
+CODE_USED = "auth:code_used:{digest}"  # family id issued from a redeemed code
+CODE_USED_TTL = 3600
+
+REFRESH = "auth:rt:{digest}"  # refresh token record, refresh_token_ttl
+REFRESH_NEXT = "auth:rt_next:{digest}"  # encrypted pair issued on rotation, grace window
+FAMILY = "auth:family:{id}"  # hash: sub, client_id, revoked; refresh_token_ttl
+FAMILY_JTIS = "auth:family_jtis:{id}"  # hash jti -> exp of access tokens of the family
+USER_FAMILIES = "auth:user_families:{sub}"  # set of family ids ("sign out everywhere")
+
+ACCESS_RECORD = "auth:at:{digest}"  # claims of an issued access token, until its exp
+
+SIGNING_KEYS = "auth:signing_keys"  # hash kid -> encrypted key record, no TTL
+SIGNING_INIT_LOCK = "auth:signing_init"  # first replica creates the first key, 30 s
+
+LOCK_ACCOUNT_FAILS = "auth:lock:acct_fails:{username}"  # failures in lockout_window
+LOCK_ACCOUNT_UNTIL = "auth:lock:acct_until:{username}"  # locked until its TTL ends
+LOCK_IP_FAILS = "auth:lock:ip_fails:{ip}"  # failures per client IP in lockout_window

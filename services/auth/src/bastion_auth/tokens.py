@@ -1,0 +1,284 @@
+"""Tokens: authorization codes, RFC 9068 access tokens, rotating refresh tokens, families.
+
+- Codes (RFC 6749 §4.1.2, OAuth 2.1 §4.1.3): single use via one Lua step that deletes the
+  code and leaves a marker; a replay finds the marker and revokes what the code produced.
+- Access tokens: JWT signed by `KeyRing`; auth keeps a record of each (keyed by SHA-256)
+  until it expires, so revocation and introspection need no JWT parsing here.
+- Refresh tokens (OAuth 2.1 §4.3.1, RFC 9700 §4.14.2): opaque, stored by SHA-256, rotated
+  on every use. A rotated token used again revokes its whole family, except within the
+  grace window where the same new pair is returned (kept encrypted for that window).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+from redis.asyncio import Redis
+
+from bastion_auth.crypto import Sealer
+from bastion_auth.keys import KeyRing
+from bastion_auth.settings import Settings
+from bastion_auth.store import (
+    ACCESS_RECORD,
+    CODE,
+    CODE_USED,
+    CODE_USED_TTL,
+    FAMILY,
+    FAMILY_JTIS,
+    REFRESH,
+    REFRESH_NEXT,
+    USER_FAMILIES,
+    digest,
+)
+from bastion_common.tokens import denylist_key
+
+__all__ = ["RefreshOutcome", "TokenService"]
+
+_REDEEM_CODE = """
+local v = redis.call('GET', KEYS[1])
+if v then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+  return {'ok', v}
+end
+local f = redis.call('GET', KEYS[2])
+if f then return {'replayed', f} end
+return {'none', ''}
+"""
+
+_ROTATE_REFRESH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'none', ''} end
+local data = redis.call('HGET', KEYS[1], 'data')
+if state == 'active' then
+  redis.call('HSET', KEYS[1], 'state', 'rotated', 'rotated_at', ARGV[1])
+  return {'ok', data}
+end
+local at = tonumber(redis.call('HGET', KEYS[1], 'rotated_at'))
+if tonumber(ARGV[1]) - at <= tonumber(ARGV[2]) then return {'grace', data} end
+return {'reuse', data}
+"""
+
+RefreshStatus = Literal["ok", "grace", "reuse", "none"]
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    status: RefreshStatus
+    record: dict[str, Any]
+
+
+def _b(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class TokenService:
+    def __init__(self, redis: Redis, settings: Settings, keyring: KeyRing) -> None:
+        self._redis = redis
+        self._settings = settings
+        self.keyring = keyring
+        self._sealer = Sealer(settings.key_encryption_key.get_secret_value(), "refresh-grace")
+        self._redeem = redis.register_script(_REDEEM_CODE)
+        self._rotate = redis.register_script(_ROTATE_REFRESH)
+
+    # -- authorization codes ------------------------------------------------------------
+
+    async def create_code(self, grant: dict[str, Any]) -> str:
+        code = secrets.token_urlsafe(32)
+        grant = {**grant, "family": uuid.uuid4().hex}
+        await self._redis.set(
+            CODE.format(digest=digest(code)), json.dumps(grant), ex=self._settings.code_ttl
+        )
+        return code
+
+    async def redeem_code(self, code: str) -> tuple[str, dict[str, Any] | str | None]:
+        """("ok", grant) once; ("replayed", family id) afterwards; ("none", None)."""
+        h = digest(code)
+        # The family id is only known after reading; the marker gets it from the grant.
+        raw = await self._redis.get(CODE.format(digest=h))
+        family = json.loads(raw)["family"] if raw else ""
+        status_b, value_b = await self._redeem(
+            keys=[CODE.format(digest=h), CODE_USED.format(digest=h)], args=[family, CODE_USED_TTL]
+        )
+        status, value = status_b.decode(), value_b.decode()
+        if status == "ok":
+            return "ok", json.loads(value)
+        if status == "replayed":
+            return "replayed", value
+        return "none", None
+
+    # -- access and refresh tokens -------------------------------------------------------
+
+    async def access_token(
+        self,
+        *,
+        sub: str,
+        client_id: str,
+        resource: str,
+        scopes: list[str],
+        roles: list[str],
+        ttl: int | None = None,
+        family: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        now = int(time.time())
+        ttl = ttl or self._settings.access_token_ttl
+        claims: dict[str, Any] = {
+            "iss": self._settings.issuer,
+            "sub": sub,
+            "aud": resource,
+            "exp": now + ttl,
+            "iat": now,
+            "nbf": now,
+            "jti": uuid.uuid4().hex,
+            "client_id": client_id,
+            "scope": " ".join(scopes),
+            "roles": roles,
+        }
+        token = await self.keyring.sign(claims)
+        record = {**claims, "family": family, "token_type": "access_token"}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(ACCESS_RECORD.format(digest=digest(token)), json.dumps(record), ex=ttl)
+            if family:
+                pipe.hset(FAMILY_JTIS.format(id=family), claims["jti"], claims["exp"])
+                pipe.expire(FAMILY_JTIS.format(id=family), self._settings.refresh_token_ttl)
+            await pipe.execute()
+        return token, claims
+
+    async def issue_pair(
+        self,
+        *,
+        sub: str,
+        client_id: str,
+        resource: str,
+        scopes: list[str],
+        roles: list[str],
+        family: str,
+        refresh_exp: int | None = None,
+    ) -> dict[str, Any]:
+        """A token response (RFC 6749 §5.1) with a refresh token of `family`."""
+        access, claims = await self.access_token(
+            sub=sub,
+            client_id=client_id,
+            resource=resource,
+            scopes=scopes,
+            roles=roles,
+            family=family,
+        )
+        refresh = secrets.token_urlsafe(32)
+        now = int(time.time())
+        exp = refresh_exp or now + self._settings.refresh_token_ttl
+        data = {
+            "sub": sub,
+            "client_id": client_id,
+            "resource": resource,
+            "scope": " ".join(scopes),
+            "roles": roles,
+            "family": family,
+            "exp": exp,
+        }
+        ttl = max(exp - now, 1)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                REFRESH.format(digest=digest(refresh)),
+                mapping={"state": "active", "data": json.dumps(data)},
+            )
+            pipe.expire(REFRESH.format(digest=digest(refresh)), ttl)
+            pipe.hset(FAMILY.format(id=family), mapping={"sub": sub, "client_id": client_id})
+            pipe.expire(FAMILY.format(id=family), self._settings.refresh_token_ttl)
+            pipe.sadd(USER_FAMILIES.format(sub=sub), family)
+            pipe.expire(USER_FAMILIES.format(sub=sub), self._settings.refresh_token_ttl)
+            await pipe.execute()
+        return {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": claims["exp"] - claims["iat"],
+            "scope": claims["scope"],
+            "refresh_token": refresh,
+        }
+
+    async def rotate_refresh(self, refresh: str) -> RefreshOutcome:
+        status_b, data_b = await self._rotate(
+            keys=[REFRESH.format(digest=digest(refresh))],
+            args=[repr(time.time()), self._settings.refresh_grace_seconds],
+        )
+        status: RefreshStatus = status_b.decode()
+        record = json.loads(data_b) if data_b else {}
+        if record and await self.family_revoked(record["family"]):
+            return RefreshOutcome("reuse" if status == "reuse" else "none", record)
+        return RefreshOutcome(status, record)
+
+    async def remember_rotation(self, refresh: str, response: dict[str, Any]) -> None:
+        ttl = math.ceil(self._settings.refresh_grace_seconds) + 1
+        sealed = self._sealer.seal(json.dumps(response).encode())
+        await self._redis.set(REFRESH_NEXT.format(digest=digest(refresh)), sealed, ex=ttl)
+
+    async def rotated_pair(self, refresh: str) -> dict[str, Any] | None:
+        """The pair issued for `refresh` (grace window); waits briefly for a concurrent
+        rotation that has not stored it yet."""
+        key = REFRESH_NEXT.format(digest=digest(refresh))
+        with anyio.move_on_after(2):
+            while True:
+                sealed = await self._redis.get(key)
+                if sealed:
+                    result: dict[str, Any] = json.loads(self._sealer.open(_b(sealed)))
+                    return result
+                await anyio.sleep(0.05)
+        return None
+
+    # -- revocation ------------------------------------------------------------------------
+
+    async def family_revoked(self, family: str) -> bool:
+        return bool(await self._redis.hget(FAMILY.format(id=family), "revoked"))
+
+    async def revoke_family(self, family: str) -> int:
+        """Revoke every refresh and access token of one grant; returns access tokens denied."""
+        await self._redis.hset(FAMILY.format(id=family), "revoked", "1")
+        jtis = await self._redis.hgetall(FAMILY_JTIS.format(id=family))
+        await self._deny(jtis)
+        return len(jtis)
+
+    async def _deny(self, jtis: Mapping[Any, Any]) -> None:
+        now = int(time.time())
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for jti, exp in jtis.items():
+                ttl = int(exp) - now + 1
+                if ttl > 0:
+                    pipe.set(denylist_key(_s(jti)), "1", ex=ttl)
+            await pipe.execute()
+
+    async def revoke_user(self, sub: str) -> int:
+        """Sign out everywhere: every grant of `sub`."""
+        families = await self._redis.smembers(USER_FAMILIES.format(sub=sub))
+        for family in families:
+            await self.revoke_family(_s(family))
+        return len(families)
+
+    async def access_record(self, token: str) -> dict[str, Any] | None:
+        if not token or len(token) > 8192:
+            return None
+        raw = await self._redis.get(ACCESS_RECORD.format(digest=digest(token)))
+        return json.loads(raw) if raw else None
+
+    async def refresh_record(self, token: str) -> dict[str, Any] | None:
+        if not token or len(token) > 512:
+            return None
+        data = await self._redis.hget(REFRESH.format(digest=digest(token)), "data")
+        return json.loads(data) if data else None
+
+    async def revoke_access(self, record: dict[str, Any]) -> None:
+        await self._deny({str(record["jti"]): int(record["exp"])})
+
+    async def is_denied(self, jti: str) -> bool:
+        return bool(await self._redis.exists(denylist_key(jti)))
