@@ -112,7 +112,7 @@ async def _authorization_code(
             "denied",
             client_id=client.client_id,
             ip=ip,
-            access_tokens_revoked=revoked,
+            revoked_count=revoked,
         )
         raise OAuthError("invalid_grant", "authorization code was already used")
     if not isinstance(grant, dict):
@@ -192,7 +192,7 @@ async def _refresh(
             principal=record["sub"],
             client_id=client.client_id,
             ip=ip,
-            access_tokens_revoked=revoked,
+            revoked_count=revoked,
         )
         raise OAuthError("invalid_grant", "refresh token was already used")
     if outcome.status == "grace":

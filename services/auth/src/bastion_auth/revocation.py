@@ -54,7 +54,7 @@ async def revoke(request: Request, ctx: Ctx) -> Response:
                     client_id=client.client_id,
                     ip=ip,
                     token_type="refresh_token",  # noqa: S106 - a type name
-                    access_tokens_revoked=revoked,
+                    revoked_count=revoked,
                 )
                 break
     return Response(status_code=200, headers=NO_STORE)
