@@ -29,7 +29,8 @@ ErrorCode = Literal[
 ]
 
 
-@dataclass(frozen=True)
+# Not frozen: contextlib sets __traceback__ on exceptions passing through `async with`.
+@dataclass(eq=False)
 class OAuthError(Exception):
     error: ErrorCode
     description: str

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from services.auth.tests.helpers import REDIRECT, Harness, harness, make_settings, pkce_pair
+
+SSRF_TARGETS = [
+    "http://example.com/client.json",  # not https
+    "https://127.0.0.1/client.json",
+    "https://localhost/client.json",
+    "https://10.1.2.3/client.json",
+    "https://192.168.0.10/client.json",
+    "https://169.254.169.254/latest/meta-data",
+    "https://[::1]/client.json",
+    "https://0.0.0.0/client.json",
+    "https://user:pw@example.com/client.json",
+    "https://example.com/",
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("url", SSRF_TARGETS)
+async def test_metadata_document_urls_that_reach_inside_are_refused(h: Harness, url: str) -> None:
+    page = await h.authorize(url)
+    assert page.status_code == 400 and "location" not in page.headers
+    events = await h.events("oauth.request_failed")
+    assert events[0]["details"]["error"] == "invalid_client"
+    token = await h.client.post(
+        "/token", data={"grant_type": "refresh_token", "client_id": url, "refresh_token": "x"}
+    )
+    assert token.status_code == 401 and token.json()["error"] == "invalid_client"
+
+
+class _Docs:
+    def __init__(self) -> None:
+        self.bodies: dict[str, bytes] = {}
+        self.hits = 0
+        docs = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                docs.hits += 1
+                body = docs.bodies.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def docs() -> Iterator[_Docs]:
+    value = _Docs()
+    yield value
+    value.server.shutdown()
+    value.server.server_close()
+
+
+@pytest.mark.anyio
+async def test_a_metadata_document_client_completes_the_flow_and_is_cached(
+    redis_url: str, tmp_path: Path, docs: _Docs
+) -> None:
+    url = f"{docs.base}/client.json"
+    docs.bodies["/client.json"] = json.dumps(
+        {"client_id": url, "client_name": "Doc client", "redirect_uris": [REDIRECT]}
+    ).encode()
+    settings = make_settings(
+        redis_url, tmp_path, cimd_allowed_hosts=["127.0.0.1"], cimd_allow_http=True
+    )
+    async with harness(settings) as h:
+        verifier, challenge = pkce_pair()
+        code = await h.code(url, (verifier, challenge))
+        response = await h.exchange(url, code, verifier)
+        assert response.status_code == 200
+        assert docs.hits == 1
+        events = await h.events("client.registered")
+        assert events[0]["details"]["source"] == "cimd"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"x" * 10000,
+        b"not json",
+        json.dumps(
+            {"client_id": "https://other.example/c.json", "redirect_uris": [REDIRECT]}
+        ).encode(),
+    ],
+)
+async def test_oversized_or_mismatched_documents_are_refused(
+    redis_url: str, tmp_path: Path, docs: _Docs, body: bytes
+) -> None:
+    url = f"{docs.base}/client.json"
+    docs.bodies["/client.json"] = body
+    settings = make_settings(
+        redis_url, tmp_path, cimd_allowed_hosts=["127.0.0.1"], cimd_allow_http=True
+    )
+    async with harness(settings) as h:
+        page = await h.authorize(url)
+        assert page.status_code == 400
