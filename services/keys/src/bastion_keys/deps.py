@@ -36,7 +36,8 @@ class KeysContext:
     offered: dict[str, frozenset[str]]
 
 
-def _context(request: Request) -> KeysContext:
+async def _context(request: Request) -> KeysContext:
+    # async on purpose: FastAPI runs a sync dependency in a worker thread, per request.
     context: KeysContext = request.app.state.bastion.extra["keys"]
     return context
 

@@ -202,6 +202,19 @@ return 1
 """
 
 
+# Note an exchanged token's jti; the set lives as long as its newest token.
+# KEYS: jtis. ARGV: jti, exp. One command on the exchange path instead of a MULTI.
+_REMEMBER = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if redis.call('TTL', KEYS[1]) == -1 then
+  redis.call('EXPIREAT', KEYS[1], ARGV[2])
+else
+  redis.call('EXPIREAT', KEYS[1], ARGV[2], 'GT')
+end
+return 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class CreateResult:
     created: bool
@@ -218,6 +231,7 @@ class KeyStore:
         self._fail = redis.register_script(_FAIL)
         self._rotate = redis.register_script(_ROTATE)
         self._revoke = redis.register_script(_REVOKE)
+        self._remember = redis.register_script(_REMEMBER)
 
     @property
     def redis(self) -> Redis:
@@ -297,12 +311,7 @@ class KeyStore:
 
     async def remember_token(self, key_id: str, jti: str, exp: int) -> None:
         """Note an exchanged token so that revoking the key can denylist it."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(jtis_key(key_id), {jti: exp})
-            # GT keeps the later deadline; NX sets the first one (GT skips a key with none).
-            pipe.expireat(jtis_key(key_id), exp, gt=True)
-            pipe.expireat(jtis_key(key_id), exp, nx=True)
-            await pipe.execute()
+        await self._remember(keys=[jtis_key(key_id)], args=[jti, exp])
 
     async def add_usage(self, usage: dict[str, tuple[int, float]]) -> None:
         """Fold aggregated use counts and last-used times into the records."""
