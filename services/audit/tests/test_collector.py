@@ -51,6 +51,8 @@ async def running(*collectors: Collector) -> AsyncIterator[None]:
         for task in tasks:
             with anyio.fail_after(5), contextlib.suppress(asyncio.CancelledError):
                 await task
+        for c in collectors:
+            await c.settle()
 
 
 async def xadd_all(redis: Redis, events: Sequence[AuditEvent]) -> None:

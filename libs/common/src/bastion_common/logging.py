@@ -9,6 +9,7 @@ cannot leak them (CONVENTIONS.md rule 11).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -58,11 +59,17 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _sensitive_key(key: str) -> bool:
+    # Cached: the same few keys come back in every event, and this runs on hot paths.
+    return key not in _SAFE_KEYS and bool(_SENSITIVE_KEY.search(key))
+
+
 def redact(data: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of `data` with secret-looking keys and values replaced by REDACTED."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in _SAFE_KEYS and _SENSITIVE_KEY.search(key) and value not in (None, ""):
+        if _sensitive_key(str(key)) and value not in (None, ""):
             out[key] = REDACTED
         else:
             out[key] = _redact_value(value)

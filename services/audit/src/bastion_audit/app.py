@@ -108,6 +108,7 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     async with asyncio.timeout(5):
                         await task
+            await collector.settle()
             # Sign the head we reached, so a clean shutdown leaves nothing unanchored.
             with contextlib.suppress(Exception):
                 await anyio.to_thread.run_sync(store.checkpoint)
