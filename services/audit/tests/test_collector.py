@@ -236,3 +236,23 @@ async def test_redis_stopped_and_started_under_load_loses_nothing_and_keeps_orde
         await collector_redis.aclose()
     assert numbers(store) == list(range(total))
     assert store.verify(signer).ok
+
+
+@pytest.mark.anyio
+async def test_trimming_drops_only_entries_every_group_has_acknowledged(
+    redis: Redis, store: AuditStore
+) -> None:
+    await xadd_all(redis, [event(n=i) for i in range(3000)])
+    async with running(collector(redis, store, batch_size=500)):
+        await wait_stored(store, 3000)
+    # A second group (another consumer of the stream) that has read nothing yet.
+    await xadd_all(redis, [event(n=i) for i in range(3000, 3010)])
+    await redis.xgroup_create(AUDIT_STREAM, "slow-reader", id="$")
+    await xadd_all(redis, [event(n=i) for i in range(3010, 3020)])
+    await collector(redis, store).trim()
+    remaining = [AuditEvent.from_stream_fields(f).details["n"] for _, f in
+                 await redis.xrange(AUDIT_STREAM)]  # fmt: skip
+    assert len(remaining) < 3020
+    # Everything the audit group has not stored, and everything the slow group has not
+    # read, is still there.
+    assert set(range(3000, 3020)) <= set(remaining)

@@ -212,3 +212,23 @@ async def test_metrics_show_stored_events_lag_pending_dead_letters_and_chain_hea
         "bastion_audit_chain_head_seq",
     ):
         assert name in text
+
+
+@pytest.mark.anyio
+async def test_the_service_writes_signed_checkpoints_on_its_own(
+    make_settings: Any, issuer: Issuer
+) -> None:
+    from bastion_audit.app import create_app
+
+    async with issuer.client() as jwks_client:
+        application = create_app(make_settings(checkpoint_interval_s=0.05), http_client=jwks_client)
+        async with application.router.lifespan_context(application):
+            await application.state.bastion.audit.publish(event())
+            store = _store(application)
+            signer = application.state.bastion.extra["signer"]
+            with anyio.fail_after(5):
+                while True:
+                    result = await anyio.to_thread.run_sync(lambda: store.verify(signer))
+                    if result.checkpoints and result.ok and result.head_seq >= 2:
+                        break
+                    await anyio.sleep(0.02)
