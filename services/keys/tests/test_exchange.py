@@ -316,3 +316,33 @@ async def test_a_form_with_too_many_fields_is_refused(keys: httpx2.AsyncClient) 
     assert reply.status_code == 400
     assert reply.json()["error"] == "invalid_request"
     assert reply.headers["cache-control"] == "no-store"
+
+
+async def test_revoking_a_rotated_key_stops_the_old_secret_too(
+    keys: httpx2.AsyncClient, auth: StandInAuth, redis_url: str
+) -> None:
+    token = auth.token()
+    created = await create_key(keys, token, ["weather:read"])
+    path = f"/v1/keys/{created['key_id']}"
+    rotated = (await keys.post(f"{path}/rotate", headers=bearer(token))).json()
+    assert (await exchange(keys, created["api_key"])).status_code == 200  # in its overlap
+    assert (await keys.delete(path, headers=bearer(token))).status_code == 204
+    for api_key in (created["api_key"], rotated["api_key"]):
+        assert (await exchange(keys, api_key)).status_code == 400
+
+
+async def test_no_key_or_token_reaches_the_logs(
+    keys: httpx2.AsyncClient, auth: StandInAuth, capsys: pytest.CaptureFixture[str]
+) -> None:
+    created = await create_key(keys, auth.token(), ["weather:read"])
+    issued = (await exchange(keys, created["api_key"])).json()["access_token"]
+    unknown = random_key()
+    await exchange(keys, unknown)
+    await keys.post(
+        "/v1/introspect", json={"api_key": unknown}, headers=bearer(auth.service_token())
+    )
+    out = capsys.readouterr()
+    logs = out.out + out.err
+    assert "path=/token" in logs or '"/token"' in logs  # the request lines are captured
+    for secret in (created["api_key"], unknown, issued):
+        assert secret.removeprefix("mcp_") not in logs
