@@ -41,3 +41,28 @@ async def test_pending_usage_is_flushed_on_shutdown(
     async with serve(make_app()) as keys:
         info = (await keys.get(f"/v1/keys/{created['key_id']}", headers=bearer(token))).json()
         assert info["use_count"] == 1
+
+
+async def test_presentations_write_no_usage_to_redis_until_the_flush(
+    make_app: Callable[..., FastAPI], auth: StandInAuth, redis_url: str
+) -> None:
+    from bastion_common.redis import create_redis
+
+    async def hash_writes() -> int:
+        stats = await redis.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("hset", "hincrby"))
+
+    redis = create_redis(redis_url)
+    app = make_app(usage_flush_seconds=300)
+    try:
+        async with serve(app) as keys:
+            created = await create_key(keys, auth.token(), ["weather:read"])
+            before = await hash_writes()
+            for _ in range(20):
+                assert (await exchange(keys, created["api_key"])).status_code == 200
+            assert await hash_writes() == before
+            context: KeysContext = app.state.bastion.extra["keys"]
+            await context.usage.flush()
+            assert await hash_writes() == before + 2  # one HINCRBY + one HSET for the batch
+    finally:
+        await redis.aclose()
