@@ -137,3 +137,16 @@ async def test_the_key_is_never_echoed_in_an_error(
         "/v1/introspect", json={"api_key": key, "extra": 1}, headers=bearer(auth.service_token())
     )
     assert reply.status_code == 400 and key not in reply.text
+
+
+async def test_bad_keys_through_tools_do_not_lock_out_everyone_behind_it(
+    make_app: Callable[..., FastAPI], auth: StandInAuth, redis_url: str
+) -> None:
+    async with serve(make_app(failed_presentations_per_ip=2)) as keys:
+        created = await create_key(keys, auth.token(), ["weather:read"])
+        service = auth.service_token()
+        for _ in range(5):  # an attacker's junk, relayed by tools without client_ip
+            assert (await _introspect(keys, service, random_key())).json() == {"active": False}
+        good = await _introspect(keys, service, created["api_key"])
+        assert good.status_code == 200 and good.json()["active"] is True
+        await wait_for_event(redis_url, "apikey.presentation_failed", via="introspect")

@@ -10,7 +10,9 @@ overlap when the old secret is presented), so a cache honouring it stops in time
 
 A caller may pass the presenting client's address as `client_ip` (optional, additive to
 the contract); failed presentations are then rate limited per that address, as on
-`/token`. Without it they are counted against the caller itself.
+`/token`. Without it they are audited but not limited here: the caller's own address
+fronts all its clients, and one budget for all would let one attacker lock every key
+user out of tools (tools limits failed attempts per client IP itself).
 """
 
 from __future__ import annotations
@@ -62,7 +64,13 @@ async def introspect(
         )  # fmt: skip
         raise KeysError(403, "access_denied", "this client may not introspect API keys")
     try:
-        accepted = await present(context, body.api_key, body.client_ip or ip, via="introspect")
+        accepted = await present(
+            context,
+            body.api_key,
+            body.client_ip or ip,
+            via="introspect",
+            limit=body.client_ip is not None,
+        )
     except RateLimited as exc:
         raise KeysError(429, "rate_limited", "too many failed key presentations; retry later",
                         {"Retry-After": str(exc.retry_after)}) from None  # fmt: skip

@@ -63,8 +63,14 @@ def _judge(presented_hmac: str, record: KeyRecord | None, now: float) -> Accepte
     return Accepted(record, valid_until)
 
 
-async def present(context: KeysContext, presented: str, ip: str, *, via: str) -> Accepted:
-    """The key's record, or PresentationRefused / RateLimited (both already audited)."""
+async def present(
+    context: KeysContext, presented: str, ip: str, *, via: str, limit: bool = True
+) -> Accepted:
+    """The key's record, or PresentationRefused / RateLimited (both already audited).
+
+    `limit=False` skips the per-IP failure budget: for a caller whose `ip` is a service
+    fronting many clients, one budget for all of them would let anyone lock all out.
+    """
     settings = context.settings
     now = time.time()
     problem = check_format(presented)
@@ -74,7 +80,7 @@ async def present(context: KeysContext, presented: str, ip: str, *, via: str) ->
     else:
         hmac_hex = ""
         fails, record = await context.store.failures(ip), None
-    if fails >= settings.failed_presentations_per_ip:
+    if limit and fails >= settings.failed_presentations_per_ip:
         context.auditor.emit(
             "ratelimit.refused", "denied", ip=ip, limit="apikey_failed_presentations", via=via
         )
@@ -83,7 +89,8 @@ async def present(context: KeysContext, presented: str, ip: str, *, via: str) ->
     if isinstance(verdict, Accepted):
         context.usage.record(verdict.record.key_id)
         return verdict
-    await context.store.count_failure(ip, settings.failed_presentation_window_seconds)
+    if limit:
+        await context.store.count_failure(ip, settings.failed_presentation_window_seconds)
     key_id = record.key_id if record is not None else None
     context.auditor.emit(
         "apikey.presentation_failed", "failure",
