@@ -87,7 +87,7 @@ def _cli(redis_url: str, db: Path, tmp_path: Path, *args: str) -> subprocess.Com
 def test_events_arrive_exactly_once_across_a_kill_9_in_the_middle_of_a_batch(
     redis_url: str, tmp_path: Path, spawn: object
 ) -> None:
-    total = 40_000
+    total = 20_000
     client = sync_redis.Redis.from_url(redis_url)
     pipe = client.pipeline(transaction=False)
     for i in range(total):
@@ -95,12 +95,11 @@ def test_events_arrive_exactly_once_across_a_kill_9_in_the_middle_of_a_batch(
     pipe.execute()
     db = tmp_path / "audit.sqlite3"
     first = spawn(db)  # type: ignore[operator]
-    _wait(lambda: _count(db) >= 2000, 60)
+    _wait(lambda: _count(db) >= 1000, 60)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     killed_at = _count(db)
     assert 0 < killed_at < total, "the kill must land while events are still flowing"
-    pending = client.xpending(AUDIT_STREAM, "audit-collectors")["pending"]
     second = spawn(db)  # type: ignore[operator]
     _wait(lambda: _count(db) >= total, 120)
     _wait(lambda: client.xpending(AUDIT_STREAM, "audit-collectors")["pending"] == 0, 30)
@@ -115,7 +114,6 @@ def test_events_arrive_exactly_once_across_a_kill_9_in_the_middle_of_a_batch(
     verified = _cli(redis_url, db, tmp_path, "verify")
     assert verified.returncode == 0, verified.stdout
     assert json.loads(verified.stdout)["ok"] is True
-    assert pending >= 0
 
 
 def test_verify_exits_1_and_names_the_first_bad_record(redis_url: str, tmp_path: Path) -> None:
