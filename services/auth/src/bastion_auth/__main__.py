@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+import structlog
+
 from bastion_auth.app import build_context, create_app
 from bastion_auth.settings import Settings
 from bastion_auth.users import UserError
@@ -46,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _command(settings: Settings, args: argparse.Namespace) -> int:
+    # Logs go to stderr so that stdout is the command's JSON answer only.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     redis = create_redis(settings.redis_url.get_secret_value())
     audit = AuditPublisher(redis, Path(settings.spool_dir) / "auth-cli.jsonl")
     await audit.start()

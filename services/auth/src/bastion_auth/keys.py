@@ -70,6 +70,7 @@ class KeyRing:
         self._cache: list[SigningKey] = []
         self._loaded_at = 0.0
         self._jwk_cache: dict[str, dict[str, Any]] = {}
+        self._private: dict[str, ec.EllipticCurvePrivateKey] = {}
 
     @property
     def hs256(self) -> bool:
@@ -133,8 +134,15 @@ class KeyRing:
             secret = self._settings.hs256_secret.get_secret_value()
             return jwt.encode(claims, secret, algorithm="HS256", headers={"typ": "at+jwt"})
         key = await self.signer()
+        private = self._private.get(key.kid)
+        if private is None:
+            # Parsing a PEM costs more than signing: keep the key object per kid.
+            loaded = serialization.load_pem_private_key(key.private_pem.encode(), password=None)
+            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+                raise RuntimeError("stored signing key is not an EC key")
+            private = self._private[key.kid] = loaded
         return jwt.encode(
-            claims, key.private_pem, algorithm="ES256", headers={"typ": "at+jwt", "kid": key.kid}
+            claims, private, algorithm="ES256", headers={"typ": "at+jwt", "kid": key.kid}
         )
 
     async def rotate(self) -> tuple[str, str | None]:
