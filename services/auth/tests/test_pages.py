@@ -155,3 +155,32 @@ async def test_disabled_user_cannot_log_in(h: Harness) -> None:
     await h.ctx.users.create("carol", "carol-password-1", ["user"])
     await h.ctx.users.update("carol", disabled=True)
     assert await _login(h, "carol", "carol-password-1") == 401
+
+
+@pytest.mark.anyio
+async def test_lock_delay_grows_with_each_further_failure(h: Harness) -> None:
+    delays = [(await h.ctx.lockout.failed("mallory", "198.51.100.1"))[2] for _ in range(8)]
+    assert delays == [0, 0, 0, 0, 30, 60, 120, 240]
+    assert await h.redis.ttl("auth:lock:acct_until:mallory") > 200
+
+
+@pytest.mark.anyio
+async def test_the_session_cookie_is_secure_on_an_https_issuer(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with harness(make_settings(redis_url, tmp_path, public_url="https://auth.example")) as h:
+        client_id = await h.register()
+        page = await h.authorize(client_id)
+        assert "secure" in page.headers["set-cookie"].lower()
+
+
+@pytest.mark.anyio
+async def test_garbage_at_every_form_endpoint_gets_a_clean_error(h: Harness) -> None:
+    for path in ("/login", "/consent", "/token", "/revoke", "/introspect"):
+        response = await h.client.post(
+            path,
+            content=b"\xff\x00" * 5000,
+            headers={"content-type": "multipart/form-data; boundary=x"},
+        )
+        assert 400 <= response.status_code < 500, (path, response.status_code)
+        assert "Traceback" not in response.text and 'File "' not in response.text

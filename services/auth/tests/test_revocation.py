@@ -68,3 +68,24 @@ async def test_introspection_needs_a_confidential_client(h: Harness) -> None:
         "/introspect", data={"token": body["access_token"]}, auth=("bastion-tools", TOOLS_SECRET)
     )
     assert gone.json() == {"active": False}
+
+
+@pytest.mark.anyio
+async def test_introspection_of_refresh_tokens_follows_rotation(h: Harness) -> None:
+    body = await h.tokens()
+    auth = ("bastion-tools", TOOLS_SECRET)
+    active = await h.client.post("/introspect", data={"token": body["refresh_token"]}, auth=auth)
+    assert active.json()["active"] is True and active.json()["client_id"] == body["client_id"]
+    await h.refresh(body["client_id"], body["refresh_token"])
+    rotated = await h.client.post("/introspect", data={"token": body["refresh_token"]}, auth=auth)
+    assert rotated.json() == {"active": False}
+
+
+@pytest.mark.anyio
+async def test_introspection_refuses_a_wrong_secret(h: Harness) -> None:
+    response = await h.client.post(
+        "/introspect", data={"token": "x"}, auth=("bastion-tools", "nope" * 10)
+    )
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+    events = await h.events("authn.failed")
+    assert events[0]["details"]["endpoint"] == "introspect"

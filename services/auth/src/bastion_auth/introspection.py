@@ -46,7 +46,7 @@ async def introspect(request: Request, ctx: Ctx) -> Response:
         body.update({k: record[k] for k in _CLAIMS if k in record})
         return JSONResponse(body, headers=NO_STORE)
     rt = await ctx.tokens.refresh_record(token)
-    if rt is not None and not await ctx.tokens.family_revoked(rt["family"]):
+    if rt is not None and rt["active"] and not await ctx.tokens.family_revoked(rt["family"]):
         return JSONResponse(
             {
                 "active": True,

@@ -46,7 +46,7 @@ _REDEEM_CODE = """
 local v = redis.call('GET', KEYS[1])
 if v then
   redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+  redis.call('SET', KEYS[2], cjson.decode(v)['family'], 'EX', ARGV[1])
   return {'ok', v}
 end
 local f = redis.call('GET', KEYS[2])
@@ -106,11 +106,9 @@ class TokenService:
     async def redeem_code(self, code: str) -> tuple[str, dict[str, Any] | str | None]:
         """("ok", grant) once; ("replayed", family id) afterwards; ("none", None)."""
         h = digest(code)
-        # The family id is only known after reading; the marker gets it from the grant.
-        raw = await self._redis.get(CODE.format(digest=h))
-        family = json.loads(raw)["family"] if raw else ""
+        # One step: take the code, leave a marker holding the family it will produce.
         status_b, value_b = await self._redeem(
-            keys=[CODE.format(digest=h), CODE_USED.format(digest=h)], args=[family, CODE_USED_TTL]
+            keys=[CODE.format(digest=h), CODE_USED.format(digest=h)], args=[CODE_USED_TTL]
         )
         status, value = status_b.decode(), value_b.decode()
         if status == "ok":
@@ -272,10 +270,17 @@ class TokenService:
         return json.loads(raw) if raw else None
 
     async def refresh_record(self, token: str) -> dict[str, Any] | None:
+        """The grant behind a refresh token (also once rotated: reuse must be detected)."""
         if not token or len(token) > 512:
             return None
-        data = await self._redis.hget(REFRESH.format(digest=digest(token)), "data")
-        return json.loads(data) if data else None
+        data, state = await self._redis.hmget(
+            REFRESH.format(digest=digest(token)), ["data", "state"]
+        )
+        if not data:
+            return None
+        record: dict[str, Any] = json.loads(data)
+        record["active"] = state == b"active"
+        return record
 
     async def revoke_access(self, record: dict[str, Any]) -> None:
         await self._deny({str(record["jti"]): int(record["exp"])})
