@@ -63,7 +63,7 @@ class Maintenance:
         seq, digest = await anyio.to_thread.run_sync(self.store.head)
         HEAD_SEQ.set(seq)
         HEAD.info({"hash": digest})
-        EVENTS.set(await anyio.to_thread.run_sync(self.store.count))
+        EVENTS.set(await anyio.to_thread.run_sync(self.store.size))
         stats = await self.collector.stats()
         LAG.set(stats.lag)
         PENDING.set(stats.pending)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from bastion_common.settings import Secret, ServiceSettings
@@ -15,7 +15,6 @@ class Settings(ServiceSettings):
 
     service_name: str = "audit"
     checkpoint_key: Secret = Field(description="seeds the Ed25519 key that signs checkpoints")
-    client_secret: SecretStr | None = Field(default=None, description="unused by the collector")
     db_path: str = Field(default="audit.sqlite3", description="SQLite file of the audit store")
     public_url: str = Field(
         default="http://localhost:8004", description="canonical URI: the audience of tokens"
