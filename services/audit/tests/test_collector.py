@@ -256,3 +256,32 @@ async def test_trimming_drops_only_entries_every_group_has_acknowledged(
     # Everything the audit group has not stored, and everything the slow group has not
     # read, is still there.
     assert set(range(3000, 3020)) <= set(remaining)
+
+
+@pytest.mark.anyio
+async def test_a_store_that_cannot_write_holds_the_events_until_it_can(
+    redis: Redis, tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "locked.sqlite3"
+    store = AuditStore(path, signer=signer, busy_timeout_ms=50)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        async with running(collector(redis, store)):
+            blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+            await xadd_all(redis, [event(n=i) for i in range(200)])
+            with anyio.fail_after(5):
+                while await pending(redis) == 0:
+                    await anyio.sleep(0.02)
+            await anyio.sleep(0.3)  # several failed attempts
+            assert store.count() == 0 and await pending(redis) > 0
+            blocker.execute("COMMIT")
+            await wait_stored(store, 200)
+            with anyio.fail_after(5):
+                while await pending(redis):
+                    await anyio.sleep(0.02)
+        assert numbers(store) == list(range(200))
+    finally:
+        blocker.close()
+        store.close()

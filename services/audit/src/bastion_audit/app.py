@@ -91,11 +91,16 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
         async def store_check() -> None:
             await anyio.to_thread.run_sync(store.head)
 
-        state.checks.append(("store", store_check))
         tasks = [
             asyncio.create_task(collector.run(), name="audit-collector"),
             asyncio.create_task(upkeep.run(), name="audit-maintenance"),
         ]
+
+        async def collector_check() -> None:
+            if tasks[0].done():
+                raise RuntimeError("the collector has stopped")
+
+        state.checks += [("store", store_check), ("collector", collector_check)]
         try:
             yield
         finally:

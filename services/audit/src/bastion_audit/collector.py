@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -177,11 +178,15 @@ class Collector:
                     self._in_flight = in_flight
                 if in_flight is not None:
                     await in_flight
-            except (RedisError, OSError) as exc:
-                log.warning("audit.collector_retry", reason=type(exc).__name__)
+            except Exception as exc:  # noqa: BLE001 - top-level loop: never die, retry
+                # Redis or the store failed (or a bug): nothing of the batch in hand was
+                # acknowledged, so it is read again from our pending list on the next turn.
+                expected = isinstance(exc, RedisError | OSError | sqlite3.Error)
+                (log.warning if expected else log.error)(
+                    "audit.collector_retry", reason=type(exc).__name__
+                )
                 if in_flight is not None:
-                    # Whatever it did not acknowledge is read again from our pending list.
-                    with contextlib.suppress(RedisError, OSError):
+                    with contextlib.suppress(Exception):
                         await in_flight
                 await asyncio.sleep(0.5)
 
