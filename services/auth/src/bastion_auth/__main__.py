@@ -48,8 +48,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _command(settings: Settings, args: argparse.Namespace) -> int:
-    # Logs go to stderr so that stdout is the command's JSON answer only.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     redis = create_redis(settings.redis_url.get_secret_value())
     audit = AuditPublisher(redis, Path(settings.spool_dir) / "auth-cli.jsonl")
     await audit.start()
@@ -89,7 +87,7 @@ async def _command(settings: Settings, args: argparse.Namespace) -> int:
             grants = await ctx.tokens.revoke_user(args.username.lower())
             ctx.event("token.revoked", principal="cli", username=args.username.lower(), scope="all")
             out = {"username": args.username.lower(), "grants_revoked": grants}
-        print(json.dumps(out, indent=2))  # noqa: T201 - CLI output
+        print(json.dumps(out))  # noqa: T201 - CLI output: one JSON line
         return 0
     except (UserError, RuntimeError) as exc:
         sys.stderr.write(f"{exc}\n")
@@ -105,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.group is None:
         run(create_app(settings), settings)
         return
+    # Logs go to stderr so that stdout is the command's JSON answer only.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     raise SystemExit(asyncio.run(_command(settings, args)))
 
 

@@ -16,6 +16,7 @@ from bastion_auth.errors import OAuthError, oauth_error_response
 from bastion_auth.keys import KeyRing
 from bastion_auth.lockout import Lockout
 from bastion_auth.settings import Settings
+from bastion_auth.store import BOOTSTRAP_LOCK
 from bastion_auth.tokens import TokenService
 from bastion_auth.users import UserStore
 from bastion_common.audit import AuditEvent
@@ -26,7 +27,6 @@ from bastion_common.tokens import TokenValidator, TrustedIssuer
 __all__ = ["build_context", "create_app"]
 
 log = get_logger(__name__)
-BOOTSTRAP_LOCK = "auth:bootstrap"
 
 
 def _own_validator(settings: Settings, keyring: KeyRing) -> TokenValidator:

@@ -12,6 +12,7 @@ import hashlib
 __all__ = [
     "ACCESS_RECORD",
     "AUTH_REQUEST",
+    "BOOTSTRAP_LOCK",
     "AUTH_REQUEST_TTL",
     "CIMD_CACHE",
     "CLIENT",
@@ -65,6 +66,7 @@ ACCESS_RECORD = "auth:at:{digest}"  # claims of an issued access token, until it
 
 SIGNING_KEYS = "auth:signing_keys"  # hash kid -> encrypted key record, no TTL
 SIGNING_INIT_LOCK = "auth:signing_init"  # first replica creates the first key, 30 s
+BOOTSTRAP_LOCK = "auth:bootstrap"  # first replica creates the bootstrap admin, 60 s
 
 LOCK_ACCOUNT_FAILS = "auth:lock:acct_fails:{username}"  # failures in lockout_window
 LOCK_ACCOUNT_UNTIL = "auth:lock:acct_until:{username}"  # locked until its TTL ends
