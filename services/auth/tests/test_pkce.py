@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -112,4 +113,21 @@ async def test_loopback_redirect_may_use_any_port(h: Harness) -> None:
 @pytest.mark.anyio
 async def test_unknown_client_gets_an_error_page(h: Harness) -> None:
     response = await h.authorize("no-such-client")
+    assert response.status_code == 400 and "location" not in response.headers
+
+
+@pytest.mark.anyio
+async def test_codes_live_sixty_seconds_at_most(h: Harness) -> None:
+    client_id = await h.register()
+    await h.code(client_id, pkce_pair())
+    keys = [k async for k in h.redis.scan_iter("auth:code:*")]
+    assert len(keys) == 1
+    assert 0 < await h.redis.ttl(keys[0]) <= 60
+    assert re.fullmatch(rb"[0-9a-f]{64}", keys[0].split(b":")[-1])  # its SHA-256, not the code
+
+
+@pytest.mark.anyio
+async def test_repeated_authorize_parameters_get_an_error_page(h: Harness) -> None:
+    client_id = await h.register()
+    response = await h.client.get(f"/authorize?client_id={client_id}&client_id=other")
     assert response.status_code == 400 and "location" not in response.headers
