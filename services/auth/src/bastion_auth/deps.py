@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -62,7 +64,34 @@ def _context(request: Request) -> AuthContext:
 
 
 def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The caller's address for audit and per-IP limits. X-Forwarded-For is read only when
+    the peer is a configured trusted proxy, walking right to left past trusted hops, so a
+    client cannot pick its own address (and its own lockout counter)."""
+    peer = request.client.host if request.client else "unknown"
+    settings: Settings = request.app.state.bastion.settings
+    networks = _networks(tuple(settings.trusted_proxies))
+    if not networks or not _trusted(peer, networks):
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, networks):
+            return hop[:64]
+    return peer
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(values: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+def _trusted(
+    address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 Ctx = Annotated[AuthContext, Depends(_context)]

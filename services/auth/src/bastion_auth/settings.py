@@ -56,6 +56,8 @@ class Settings(ServiceSettings):
     lockout_base_delay: int = Field(default=30, ge=1)
     lockout_max_delay: int = Field(default=3600, ge=1)
     ip_failure_limit: int = Field(default=50, ge=1)
+    # Reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs); empty: none.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
     # Client ID metadata documents: hosts exempt from the private-address check (tests).
     cimd_allowed_hosts: list[str] = Field(default_factory=list)
