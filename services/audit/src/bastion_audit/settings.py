@@ -24,7 +24,7 @@ class Settings(ServiceSettings):
 
     consumer_group: str = "audit-collectors"
     consumer_name: str = Field(default="", description="defaults to the host name")
-    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
     block_ms: int = Field(default=1000, ge=10, le=60_000)
     claim_idle_ms: int = Field(
         default=30_000, ge=100, description="claim entries a consumer held this long (XAUTOCLAIM)"
