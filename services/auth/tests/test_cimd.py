@@ -110,3 +110,19 @@ async def test_oversized_or_mismatched_documents_are_refused(
     async with harness(settings) as h:
         page = await h.authorize(url)
         assert page.status_code == 400
+
+
+@pytest.mark.anyio
+async def test_the_fetch_connects_to_the_checked_address_not_a_fresh_lookup(
+    h: Harness, docs: _Docs
+) -> None:
+    from bastion_auth.cimd import _fetch, _pinned
+
+    docs.bodies["/client.json"] = b'{"ok": true}'
+    port = docs.server.server_port
+    # "rebind.invalid" never resolves: the body can only come from the pinned address.
+    url = f"http://rebind.invalid:{port}/client.json"
+    assert await _fetch(h.ctx, url, "127.0.0.1") == b'{"ok": true}'
+    target, headers, extensions = _pinned("https://docs.example/c.json", "2001:db8::1")
+    assert target == "https://[2001:db8::1]/c.json"
+    assert headers["Host"] == "docs.example" and extensions == {"sni_hostname": "docs.example"}

@@ -5,8 +5,8 @@ The fetch is an SSRF surface, so: https only, no userinfo or fragment, every add
 host resolves to must be public (no private, loopback, link-local, reserved) unless the
 host is listed in `cimd_allowed_hosts`, no redirects, a timeout, a size cap, and the
 result is cached. The document's own `client_id` must equal the URL.
-Known gap: the address is checked at resolution, then httpx resolves again (DNS rebinding
-between the two is not prevented).
+The fetch connects to the very address that was checked (Host header and TLS SNI /
+certificate check still use the name), so DNS rebinding between check and fetch fails.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def is_cimd(client_id: str) -> bool:
     return client_id.startswith(("https://", "http://"))
 
 
-async def check_url(ctx: AuthContext, url: str) -> None:
-    """Refuse any URL that could reach a place this server must not fetch from."""
+async def check_url(ctx: AuthContext, url: str) -> str | None:
+    """Refuse any URL that could reach a place this server must not fetch from; return
+    the checked public address to connect to (None for a host allowed by configuration)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -48,25 +49,39 @@ async def check_url(ctx: AuthContext, url: str) -> None:
     if len(url) > 512 or parts.path in ("", "/"):
         raise OAuthError("invalid_client", "client_id URL must have a path and be short")
     if allowed_host:
-        return
+        return None
     try:
         infos = await anyio.getaddrinfo(parts.hostname, port or 443, type=socket.SOCK_STREAM)
     except OSError:
         raise OAuthError("invalid_client", "client_id host does not resolve") from None
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not address.is_global or address.is_multicast:
-            raise OAuthError("invalid_client", "client_id host is not a public address")
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    if not addresses or any(not a.is_global or a.is_multicast for a in addresses):
+        raise OAuthError("invalid_client", "client_id host is not a public address")
+    return str(addresses[0])
 
 
-async def _fetch(ctx: AuthContext, url: str) -> bytes:
+def _pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The URL to request, its headers and extensions: connect to `address`, while the
+    Host header and TLS (SNI, certificate name) keep the original host name."""
+    headers = {"Accept": "application/json"}
+    if address is None:
+        return url, headers, {}
+    parts = urlsplit(url)
+    host = f"[{address}]" if ":" in address else address
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    headers["Host"] = parts.netloc
+    return parts._replace(netloc=netloc).geturl(), headers, {"sni_hostname": parts.hostname or ""}
+
+
+async def _fetch(ctx: AuthContext, url: str, address: str | None) -> bytes:
     cap = ctx.settings.cimd_max_bytes
+    target, headers, extensions = _pinned(url, address)
     try:
         async with (
             httpx2.AsyncClient(
                 timeout=ctx.settings.cimd_timeout, follow_redirects=False, trust_env=False
             ) as http,
-            http.stream("GET", url, headers={"Accept": "application/json"}) as response,
+            http.stream("GET", target, headers=headers, extensions=extensions) as response,
         ):
             if response.status_code != 200:
                 raise OAuthError("invalid_client", "client metadata document not found")
@@ -88,8 +103,8 @@ async def resolve_client(ctx: AuthContext, client_id: str) -> Client | None:
     cached = await ctx.redis.get(key)
     if cached:
         return Client(**json.loads(cached))
-    await check_url(ctx, client_id)
-    body = await _fetch(ctx, client_id)
+    address = await check_url(ctx, client_id)
+    body = await _fetch(ctx, client_id, address)
     try:
         meta = json.loads(body)
     except ValueError:
