@@ -85,6 +85,8 @@ def _parse(fields: dict[bytes, bytes] | None) -> AuditEvent | str:
         return f"invalid event: {where}: {first['msg']}"[:300]
     except ValueError:
         return "invalid event"
+    except Exception as exc:  # noqa: BLE001 - whatever breaks parsing must not wedge the stream
+        return f"unreadable entry ({type(exc).__name__})"
 
 
 def _split_batch(entries: Sequence[Entry]) -> tuple[list[AuditEvent], list[_Dead]]:
