@@ -214,6 +214,18 @@ class AuditStore:
             finally:
                 self._reader.execute("COMMIT")
 
+    @contextmanager
+    def _long_reader(self) -> Iterator[sqlite3.Connection]:
+        # A walk of the whole chain gets its own connection, so queries and reports are
+        # not queued behind it.
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("BEGIN")
+            yield db
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
     # -- writing ---------------------------------------------------------------------
 
     def add_batch(self, events: Sequence[AuditEvent]) -> int:
@@ -374,7 +386,7 @@ class AuditStore:
         def bad(seq: int, reason: str, event_id: str | None = None) -> None:
             result.problems.append(BadRecord(seq, reason, event_id))
 
-        with self.reader() as db:
+        with self._long_reader() as db:
             checkpoints = {
                 int(seq): (str(h), str(t), str(sig))
                 for seq, h, t, sig in db.execute(
