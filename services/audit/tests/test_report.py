@@ -296,3 +296,23 @@ def test_a_new_principal_without_history_is_left_to_the_other_rules(store: Audit
         ]
     )
     assert alerts(store) == []
+
+
+def test_a_wide_attack_is_capped_per_rule_and_the_rest_counted(store: AuditStore) -> None:
+    store.add_batch(
+        [
+            event(
+                "tool.called",
+                principal=f"p{i}",
+                ip=f"192.0.2.{k}",
+                tool="get_weather",
+                at=NOW - timedelta(minutes=10),
+                jti=f"stolen-{i}",
+            )
+            for i in range(60)
+            for k in range(3)
+        ]
+    )
+    report = build_report(store, "1h", Thresholds(), now=NOW)
+    assert len(report["alerts"]) == 50
+    assert report["alerts_not_shown"] == {"token_many_ips": 10}

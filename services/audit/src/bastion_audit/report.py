@@ -37,6 +37,7 @@ RANGES: dict[str, timedelta] = {
 }
 _TOP = 10
 _SAMPLE = 5
+_MAX_PER_RULE = 50
 _FAILED_AUTHN = ("authn.failed", "apikey.presentation_failed")
 
 
@@ -388,6 +389,7 @@ def build_report(
             *_token_many_ips(w, thresholds),
             *_baseline(w, thresholds),
         ]
+        alerts, truncated = _cap(alerts)
         top_principals = _top(w, "principal")
         top_ips = _top(w, "ip")
     return {
@@ -398,4 +400,17 @@ def build_report(
         "top_principals": top_principals,
         "top_ips": top_ips,
         "alerts": alerts,
+        "alerts_not_shown": truncated,
     }
+
+
+def _cap(alerts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """At most _MAX_PER_RULE alerts of each rule (a wide attack must not make the
+    report unbounded); how many more each rule found is reported beside them."""
+    kept: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for alert in alerts:
+        seen[alert["rule"]] = seen.get(alert["rule"], 0) + 1
+        if seen[alert["rule"]] <= _MAX_PER_RULE:
+            kept.append(alert)
+    return kept, {r: n - _MAX_PER_RULE for r, n in seen.items() if n > _MAX_PER_RULE}
