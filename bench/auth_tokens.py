@@ -8,6 +8,7 @@ token service, as the consent step would, then redeemed at POST /token.
 - authorization_code: N sequential code exchanges (PKCE verify, RFC 8707 resource,
   ES256 signing, refresh token + family bookkeeping) -> tokens/s
 - refresh_token: a chain of N rotations (Lua rotation, ES256 signing) -> tokens/s
+- baseline: GET /jwks.json through the same app and transport (no Redis), the floor
 - argon2id: ms per hash with the service's default parameters (64 MiB, t=3, p=4)
 
     .venv/bin/python bench/auth_tokens.py [--requests 2000] [--hashes 20]
@@ -81,6 +82,11 @@ async def _bench(redis_url: str, requests: int, hashes: int, spool: str) -> dict
         await ctx.clients.save(client)
         transport = httpx2.ASGITransport(app=app)
         async with httpx2.AsyncClient(transport=transport, base_url=ISSUER) as http:
+            # Floor of this harness: the same app and transport answering with no Redis.
+            start = time.perf_counter()
+            for _ in range(requests):
+                await http.get("/jwks.json")
+            results["baseline_jwks_requests_per_s"] = requests / (time.perf_counter() - start)
             codes = []
             for _ in range(requests):
                 verifier, challenge = _pkce()

@@ -183,7 +183,7 @@ async def _refresh(
     requested = parse_scope(form.get("scope")) if form.get("scope") else original
     if not requested <= original:  # OAuth 2.1 §4.3.1: narrow, never widen
         raise OAuthError("invalid_scope", "a refresh may narrow scopes, never widen them")
-    outcome = await ctx.tokens.rotate_refresh(refresh)
+    outcome = await ctx.tokens.rotate_refresh(refresh, record["family"])
     if outcome.status == "reuse":
         revoked = await ctx.tokens.revoke_family(record["family"])
         ctx.event(

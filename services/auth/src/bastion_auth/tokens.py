@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import anyio
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from bastion_auth.crypto import Sealer
 from bastion_auth.keys import KeyRing
@@ -58,6 +59,7 @@ _ROTATE_REFRESH = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'none', ''} end
 local data = redis.call('HGET', KEYS[1], 'data')
+if redis.call('HGET', KEYS[2], 'revoked') then return {'none', data} end
 if state == 'active' then
   redis.call('HSET', KEYS[1], 'state', 'rotated', 'rotated_at', ARGV[1])
   return {'ok', data}
@@ -129,7 +131,10 @@ class TokenService:
         roles: list[str],
         ttl: int | None = None,
         family: str | None = None,
+        pipe: Pipeline | None = None,
     ) -> tuple[str, dict[str, Any]]:
+        """Sign an access token and record it; with `pipe`, the writes join that pipeline
+        (the caller executes it) so that a token response costs one Redis round trip."""
         now = int(time.time())
         ttl = ttl or self._settings.access_token_ttl
         claims: dict[str, Any] = {
@@ -146,12 +151,15 @@ class TokenService:
         }
         token = await self.keyring.sign(claims)
         record = {**claims, "family": family, "token_type": "access_token"}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(ACCESS_RECORD.format(digest=digest(token)), json.dumps(record), ex=ttl)
-            if family:
-                pipe.hset(FAMILY_JTIS.format(id=family), claims["jti"], claims["exp"])
-                pipe.expire(FAMILY_JTIS.format(id=family), self._settings.refresh_token_ttl)
-            await pipe.execute()
+        own = pipe is None
+        p = self._redis.pipeline(transaction=False) if pipe is None else pipe
+        p.set(ACCESS_RECORD.format(digest=digest(token)), json.dumps(record), ex=ttl)
+        if family:
+            p.hset(FAMILY_JTIS.format(id=family), claims["jti"], claims["exp"])
+            p.expire(FAMILY_JTIS.format(id=family), self._settings.refresh_token_ttl)
+        if own:
+            async with p:
+                await p.execute()
         return token, claims
 
     async def issue_pair(
@@ -166,14 +174,6 @@ class TokenService:
         refresh_exp: int | None = None,
     ) -> dict[str, Any]:
         """A token response (RFC 6749 §5.1) with a refresh token of `family`."""
-        access, claims = await self.access_token(
-            sub=sub,
-            client_id=client_id,
-            resource=resource,
-            scopes=scopes,
-            roles=roles,
-            family=family,
-        )
         refresh = secrets.token_urlsafe(32)
         now = int(time.time())
         exp = refresh_exp or now + self._settings.refresh_token_ttl
@@ -188,6 +188,15 @@ class TokenService:
         }
         ttl = max(exp - now, 1)
         async with self._redis.pipeline(transaction=True) as pipe:
+            access, claims = await self.access_token(
+                sub=sub,
+                client_id=client_id,
+                resource=resource,
+                scopes=scopes,
+                roles=roles,
+                family=family,
+                pipe=pipe,
+            )
             pipe.hset(
                 REFRESH.format(digest=digest(refresh)),
                 mapping={"state": "active", "data": json.dumps(data)},
@@ -206,16 +215,15 @@ class TokenService:
             "refresh_token": refresh,
         }
 
-    async def rotate_refresh(self, refresh: str) -> RefreshOutcome:
+    async def rotate_refresh(self, refresh: str, family: str) -> RefreshOutcome:
+        """One atomic step: a revoked family answers "none"; an active token is marked
+        rotated ("ok"); a rotated one is "grace" within the window, else "reuse"."""
         status_b, data_b = await self._rotate(
-            keys=[REFRESH.format(digest=digest(refresh))],
+            keys=[REFRESH.format(digest=digest(refresh)), FAMILY.format(id=family)],
             args=[repr(time.time()), self._settings.refresh_grace_seconds],
         )
         status: RefreshStatus = status_b.decode()
-        record = json.loads(data_b) if data_b else {}
-        if record and await self.family_revoked(record["family"]):
-            return RefreshOutcome("reuse" if status == "reuse" else "none", record)
-        return RefreshOutcome(status, record)
+        return RefreshOutcome(status, json.loads(data_b) if data_b else {})
 
     async def remember_rotation(self, refresh: str, response: dict[str, Any]) -> None:
         ttl = math.ceil(self._settings.refresh_grace_seconds) + 1
