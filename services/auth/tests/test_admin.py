@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from services.auth.tests.helpers import ADMIN, TOOLS, Harness
+from services.auth.tests.helpers import ADMIN, TOOLS, Harness, harness, make_settings
 
 
 async def _bearer(h: Harness, resource: str = ADMIN, **kw: str) -> dict[str, str]:
@@ -74,3 +76,31 @@ async def test_a_revoked_admin_token_is_refused(h: Harness) -> None:
         "/admin/users", headers={"authorization": f"Bearer {body['access_token']}"}
     )
     assert response.status_code == 401
+
+
+@pytest.mark.anyio
+async def test_disabling_a_user_revokes_its_tokens(h: Harness) -> None:
+    headers = await _bearer(h)
+    await h.ctx.users.create("frank", "frank-password-1", ["user"])
+    h.client.cookies.clear()
+    frank = await h.tokens(username="frank", password="frank-password-1")
+    patched = await h.client.patch("/admin/users/frank", headers=headers, json={"disabled": True})
+    assert patched.status_code == 200
+    record = await h.ctx.tokens.access_record(frank["access_token"])
+    assert record is not None and await h.ctx.tokens.is_denied(record["jti"])
+    refreshed = await h.refresh(frank["client_id"], frank["refresh_token"])
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
+    bad = await h.client.patch("/admin/users/frank", headers=headers, json={"disabled": "yes"})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_request"
+
+
+@pytest.mark.anyio
+async def test_admin_api_works_in_hs256_mode(redis_url: str, tmp_path: Path) -> None:
+    secret = "hs-" + "Lq9Zx2Wm7Rt4Yb1Nc6Vd3Fg8Js5Ae0Hk"
+    async with harness(
+        make_settings(redis_url, tmp_path, signing_alg="HS256", hs256_secret=secret)
+    ) as h:
+        ok = await h.client.get("/admin/users", headers=await _bearer(h))
+        assert ok.status_code == 200
+        rotate = await h.client.post("/admin/keys/rotate", headers=await _bearer(h))
+        assert rotate.status_code == 400 and "HS256" in rotate.json()["error_description"]
