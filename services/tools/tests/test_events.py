@@ -44,3 +44,15 @@ async def test_held_events_are_written_on_their_timer(
         await call_tool(client, token, session, "get_weather", {"city": "Nice"})
         event = await wait_for_event(redis_url, "tool.called", principal="mia")
         assert event.request_id  # the request id of the call travels with its event
+
+
+async def test_call_events_name_the_token_so_reuse_from_many_ips_can_be_seen(
+    make_settings: Callable[..., Settings], minter: Minter, redis_url: str
+) -> None:
+    async with serve(create_app(make_settings(audit_linger_seconds=0.0))) as client:
+        token = minter.token(sub="noa", jti="jti-noa-1")
+        session = await open_session(client, token)
+        await call_tool(client, token, session, "get_weather", {"city": "Nice"})
+        event = await wait_for_event(redis_url, "tool.called", principal="noa")
+    assert event.details["token_id"] == "jti-noa-1"
+    assert token not in event.model_dump_json()

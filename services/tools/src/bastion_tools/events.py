@@ -77,6 +77,9 @@ class Auditor:
         assert type_ in EVENT_TYPES, type_  # noqa: S101 - a typo here is a programming error
         if arguments is not None:
             details["arguments"] = _summarise(arguments)
+        if principal is not None:
+            # The jti lets the audit report see one token presented from many IPs.
+            details.setdefault("token_id", principal.token_id)
         event = AuditEvent(
             type=type_,
             service=self._service,
