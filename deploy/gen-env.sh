@@ -22,7 +22,6 @@ lines = [
     f"KEYS_HMAC_SECRET={secret()}",
     f"KEYS_KEY_ENCRYPTION_KEY={secret()}",
     f"TOOLS_CLIENT_SECRET={secret()}",
-    f"AUDIT_CLIENT_SECRET={secret()}",
     f"AUDIT_CHECKPOINT_KEY={secret()}",
     "BOOTSTRAP_ADMIN_USERNAME=admin",
     f"BOOTSTRAP_ADMIN_PASSWORD={secrets.token_urlsafe(18)}",
