@@ -85,7 +85,7 @@ async def test_concurrent_clients_on_two_replicas_never_exceed_the_bucket(
     token = minter.token(sub="hammer", roles=["user"], scope="weather:read")
     body = rpc("tools/call", {"name": "get_weather", "arguments": {"city": "Lima"}})
     allowed = refused = 0
-    duration = 4.0
+    duration = 10.0  # issue 4: 64 clients hammering one principal for 10 s
     async with serve(create_app(settings)) as one, serve(create_app(settings)) as two:
         started = time.monotonic()
         deadline = started + duration
