@@ -77,3 +77,7 @@ integration: install docker
 	BASE_IMAGE=$$(cat deploy/.base-image) $(VENV)/bin/pytest tests/integration
 
 test: unit integration
+
+# Against a stack started with `make up`: the full flow for four roles, then the report.
+demo: install
+	$(PY) -m demo.run

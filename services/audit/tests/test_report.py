@@ -316,3 +316,24 @@ def test_a_wide_attack_is_capped_per_rule_and_the_rest_counted(store: AuditStore
     report = build_report(store, "1h", Thresholds(), now=NOW)
     assert len(report["alerts"]) == 50
     assert report["alerts_not_shown"] == {"token_many_ips": 10}
+
+
+def test_brute_force_counts_attempts_refused_while_the_account_is_locked(
+    normal: AuditStore,
+) -> None:
+    # auth locks an account after 5 failures and records later attempts as 'denied':
+    # 5 failures + 7 refused attempts is a brute force, not noise.
+    attack = [
+        event(
+            "auth.login",
+            "failure" if i < 5 else "denied",
+            principal="bob",
+            ip="203.0.113.9",
+            at=NOW - timedelta(minutes=20 - i),
+        )
+        for i in range(12)
+    ]
+    normal.add_batch(attack)
+    (alert,) = alerts(normal)
+    assert alert["rule"] == "brute_force" and alert["principal"] == "bob"
+    assert alert["evidence"]["failed_logins"] >= 12

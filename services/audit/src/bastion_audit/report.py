@@ -2,7 +2,8 @@
 
 Rules (thresholds in `Thresholds`, configurable through AUDIT_ALERT_* settings):
 
-- brute_force: many failed logins (auth.login failure) against one account;
+- brute_force: many failed or lock-refused logins (auth.login failure/denied) against
+  one account;
 - password_spraying: failed logins for many accounts from one IP (credential stuffing
   when some of them succeed: the evidence counts successes from that IP);
 - denial_burst: many authz.denied for one principal inside a sliding window;
@@ -123,7 +124,9 @@ def _brute_force(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
     out = []
     for principal, n, ips, first, last in w.rows(
         "SELECT principal, COUNT(*), GROUP_CONCAT(DISTINCT ip), MIN(ts), MAX(ts) FROM events"
-        " WHERE ts >= ? AND ts < ? AND type = 'auth.login' AND outcome = 'failure'"
+        # Attempts refused while the account is locked ('denied') are attempts too: with
+        # auth's lockout at 5 failures, counting failures alone would never reach 10.
+        " WHERE ts >= ? AND ts < ? AND type = 'auth.login' AND outcome IN ('failure', 'denied')"
         " AND principal IS NOT NULL GROUP BY principal HAVING COUNT(*) >= ?",
         t.brute_force_failures,
     ):
