@@ -206,7 +206,7 @@ async def main() -> None:
     for alert in report.get("alerts", []):
         alerts.add_row(
             alert.get("rule", ""),
-            str(alert.get("subject", "")),
+            str(alert.get("principal") or alert.get("ip") or alert.get("token_id") or ""),
             str(alert.get("evidence", ""))[:120],
         )
     console.print(alerts)
