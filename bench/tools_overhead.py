@@ -225,6 +225,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs; medians kept")
     parser.add_argument("--stateful", action="store_true", help="one shared session per server")
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the secured server")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="py-spy both servers in the last round (raw stacks to DIR)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("redis-server") is None:
         raise SystemExit("needs wrk and redis-server (apt-get install wrk redis-server)")
@@ -297,12 +300,22 @@ def main() -> None:
         # Alternate the two servers so that load from anything else on the machine
         # falls on both alike; keep the median of each figure.
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-        for _ in range(args.rounds):
+        for round_no in range(args.rounds):
             for name, (url, bearer, pid) in targets.items():
+                spy = None
+                if args.profile and round_no == args.rounds - 1 and shutil.which("py-spy"):
+                    Path(args.profile).mkdir(parents=True, exist_ok=True)
+                    spy = subprocess.Popen(
+                        ["py-spy", "record", "-p", str(pid), "-d", str(args.duration), "-r", "250",
+                         "-f", "raw", "-o", str(Path(args.profile) / f"{name}.txt")],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
                 cpu_before = cpu_seconds(pid)
                 run = run_wrk(url, body, token=bearer, session=sessions[name],
                               connections=args.connections, duration=args.duration,
                               script=script)  # fmt: skip
+                if spy is not None:
+                    spy.wait(timeout=args.duration + 30)
                 run["server_cpu_ms_per_call"] = round(
                     (cpu_seconds(pid) - cpu_before) * 1000 / max(1, run["requests"]), 3
                 )
