@@ -67,6 +67,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for name, port in ports.items():
             fh.write(f"{name.upper()}_PORT={port}\n")
         fh.write(f"IMAGE_TAG={project}\n")
+        # A short refresh grace window, so the reuse attack needs no long sleep.
+        fh.write("AUTH_REFRESH_GRACE_SECONDS=1\n")
         fh.write(f"BASE_IMAGE={os.environ.get('BASE_IMAGE', 'python:3.11-slim-bookworm')}\n")
     os.environ["COMPOSE_PROJECT_NAME"] = project
     compose = DockerCompose(

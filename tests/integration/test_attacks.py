@@ -15,6 +15,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import httpx2
 import jwt
 import pytest
@@ -207,6 +208,38 @@ async def test_an_unknown_client_at_the_token_endpoint_gets_invalid_client(stack
     )  # fmt: skip
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
+
+
+async def refresh(stack: Stack, client: OAuthClient, refresh_token: str) -> httpx2.Response:
+    async with httpx2.AsyncClient(timeout=10) as http:
+        return await http.post(
+            client.metadata["token_endpoint"],
+            data={"grant_type": "refresh_token", "refresh_token": refresh_token,
+                  "client_id": client.client_id, "resource": tools_uri(stack)},
+        )  # fmt: skip
+
+
+async def test_a_stolen_refresh_token_replayed_after_rotation_revokes_the_family(
+    stack: Stack,
+) -> None:
+    client = await OAuthClient.register(stack.urls["auth"], "refresh-theft")
+    first = await client.token(*admin(stack), resource=tools_uri(stack), scope="weather:read")
+    rotated = await refresh(stack, client, first["refresh_token"])
+    assert rotated.status_code == 200
+    second = rotated.json()
+    assert second["refresh_token"] != first["refresh_token"]
+    assert await call_weather(stack, second["access_token"]) == 200
+    await anyio.sleep(1.5)  # past the stack's grace window (AUTH_REFRESH_GRACE_SECONDS=1)
+    # The thief replays the old refresh token: refused, and the whole family dies.
+    replay = await refresh(stack, client, first["refresh_token"])
+    assert replay.status_code == 400
+    assert replay.json()["error"] == "invalid_grant"
+    legit = await refresh(stack, client, second["refresh_token"])
+    assert legit.status_code == 400
+    assert legit.json()["error"] == "invalid_grant"
+    await anyio.sleep(1)
+    assert await call_weather(stack, second["access_token"]) == 401
+    await wait_for_event(stack, "token.refresh_reuse")
 
 
 # --- tokens at the tools server ----------------------------------------------------

@@ -8,9 +8,11 @@ insufficient_scope) exactly as the table says, and each refusal is in the audit 
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 
@@ -104,3 +106,47 @@ async def test_each_role_sees_and_calls_exactly_its_tools(
                 assert 'error="insufficient_scope"' in challenge
                 assert TOOL_PERMISSION[tool] in challenge
                 assert "resource_metadata=" in challenge
+
+
+async def test_every_refusal_of_the_matrix_is_in_the_audit_record(
+    stack: Stack, users: dict[str, tuple[str, str]]
+) -> None:
+    """Runs after the matrix: each role's refused tools appear as authz.denied events with
+    the right principal, tool and outcome, through GET /v1/events and the report tool."""
+    client = await OAuthClient.register(stack.urls["auth"], "matrix-auditor")
+    audit_token = await client.token(
+        *users["admin"], resource=stack.urls["audit"], scope="metrics:view"
+    )
+    headers = {"Authorization": f"Bearer {audit_token['access_token']}"}
+    async with httpx2.AsyncClient(timeout=15) as http:
+        for role in ("guest", "user", "premium"):
+            username = users[role][0]
+            refused = {t for t, p in TOOL_PERMISSION.items() if p not in ROLE_PERMISSIONS[role]}
+            seen: set[str] = set()
+            with anyio.fail_after(20):
+                while seen != refused:
+                    page = await http.get(
+                        f"{stack.urls['audit']}/v1/events",
+                        params={"type": "authz.denied", "principal": username, "limit": 100},
+                        headers=headers,
+                    )
+                    assert page.status_code == 200, page.text
+                    events = page.json()["events"]
+                    assert all(e["outcome"] == "denied" for e in events)
+                    seen = {e["tool"] for e in events}
+                    await anyio.sleep(0.3)
+        # The same record through the tools server's get_security_audit tool.
+        tools_uri = f"{stack.urls['tools']}/mcp"
+        token = await client.token(*users["admin"], resource=tools_uri, scope="metrics:view")
+        mcp = McpHttp(tools_uri, token["access_token"])
+        await mcp.initialize(http)
+        reply = await mcp.call_tool(http, "get_security_audit", {"time_range": "1h"})
+    assert reply.status == 200 and not reply.result.get("isError"), reply.body
+    content = reply.result.get("structuredContent") or json.loads(
+        reply.result["content"][0]["text"]
+    )
+    report = content["report"]  # {"time_range": ..., "report": <audit's report>}
+    assert report["counts"]["permission_denials"] >= sum(
+        len([t for t, p in TOOL_PERMISSION.items() if p not in ROLE_PERMISSIONS[r]])
+        for r in ("guest", "user", "premium")
+    )
