@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,17 +22,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bastion_common.audit import AuditEvent
+from tests.redis_process import RedisProcess
 
 AUTH_ISSUER = "https://auth.test"
 AUDIT_RESOURCE = "https://audit.test"
 JWKS_BASE = "http://auth.internal"
 CHECKPOINT_KEY = secrets.token_urlsafe(40)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def event(
@@ -104,42 +96,11 @@ class Issuer:
         )
 
 
-class PersistentRedis:
+class PersistentRedis(RedisProcess):
     """A redis-server with AOF on (as in deploy/redis.Dockerfile): stopping it keeps data."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
+        super().__init__(workdir, persistent=True)
 
 
 def hours_ago(now: datetime, hours: float) -> datetime:

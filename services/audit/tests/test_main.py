@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import redis as sync_redis
-from services.audit.tests.helpers import CHECKPOINT_KEY, event, free_port
+from services.audit.tests.helpers import CHECKPOINT_KEY, event
 
 from bastion_common.audit import AUDIT_STREAM
+from tests.redis_process import free_port
 
 
 def _env(redis_url: str, db: Path, tmp_path: Path) -> dict[str, str]:
