@@ -517,7 +517,8 @@ async def test_a_session_cannot_be_used_by_another_principal(stack: Stack) -> No
 
 
 async def test_rate_limits_hold_across_sessions_of_one_principal(stack: Stack) -> None:
-    """Spreading calls over several sessions does not buy a bigger bucket (guest: 50)."""
+    """Spreading calls over sessions and claimed client addresses (X-Forwarded-For, which
+    no service trusts by default) does not buy a bigger bucket (guest: 50)."""
     user = await create_user(stack, "guest")
     client = await OAuthClient.register(stack.urls["auth"], "bucket-spreader")
     token = (await client.token(*user, resource=tools_uri(stack), scope="weather:read"))[
@@ -525,7 +526,10 @@ async def test_rate_limits_hold_across_sessions_of_one_principal(stack: Stack) -
     ]
     statuses: list[int] = []
     async with httpx2.AsyncClient(timeout=10) as http:
-        sessions = [McpHttp(tools_uri(stack), token) for _ in range(4)]
+        sessions = [
+            McpHttp(tools_uri(stack), token, headers={"X-Forwarded-For": f"203.0.113.{i}"})
+            for i in range(4)
+        ]
         for session in sessions:
             await session.initialize(http)
         for _ in range(20):
