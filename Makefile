@@ -81,3 +81,10 @@ test: unit integration
 # Against a stack started with `make up`: the full flow for four roles, then the report.
 demo: install
 	$(PY) -m demo.run
+
+# Every benchmark in one run -> bench/results/latest.{json,md,png}. BENCH_ARGS=--quick
+# for short runs. Needs wrk and redis-server (installed here when missing, as root).
+bench: install
+	@command -v wrk >/dev/null && command -v redis-server >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk redis-server >/dev/null; }
+	$(PY) bench/run.py $(BENCH_ARGS)
