@@ -24,6 +24,7 @@ one-call form for services that have no other per-request Redis work.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -109,6 +110,8 @@ class Principal:
     client_id: str | None = None
     roles: tuple[str, ...] = ()
     claims: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # SHA-256 of the presented token (`token_fingerprint`), so callers need not hash again.
+    fingerprint: str = field(default="", compare=False, repr=False)
 
     def has(self, permission: str) -> bool:
         return permission in self.scopes
@@ -237,7 +240,7 @@ class TokenValidator:
             self._check_times(cached)
             self._cache.move_to_end(fingerprint)
             return cached
-        principal = await self._verify(token)
+        principal = dataclasses.replace(await self._verify(token), fingerprint=fingerprint)
         self._check_times(principal)
         self._cache[fingerprint] = principal
         if len(self._cache) > self._cache_size:

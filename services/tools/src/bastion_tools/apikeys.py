@@ -9,6 +9,7 @@ key stops working within that bound even if the pub/sub message is lost.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ class ApiKeyVerifier:
         entry = self._cache.get(fingerprint)
         if entry is None or entry.until <= now:
             principal = await self._introspect(api_key)
+            if principal is not None:
+                principal = dataclasses.replace(principal, fingerprint=fingerprint)
             entry = _Entry(now + self._ttl, principal)
             if len(self._cache) >= self._max:
                 self._cache.clear()

@@ -223,7 +223,7 @@ class Guard:
 
         scope["user"] = AuthenticatedUser(
             AccessToken(
-                token=token_fingerprint(token),
+                token=principal.fingerprint or token_fingerprint(token),
                 client_id=principal.client_id or principal.subject,
                 scopes=sorted(principal.scopes),
                 expires_at=int(principal.expires_at),
