@@ -6,8 +6,11 @@ from collections.abc import AsyncIterator
 import httpx2
 import pytest
 from fastapi import FastAPI
+from prometheus_client import Counter
+from starlette.types import Receive, Scope, Send
 
 from bastion_common.audit import AUDIT_STREAM, AuditEvent
+from bastion_common.http import HTTP_REQUESTS, LabelCache
 from bastion_common.redis import create_redis
 from bastion_common.service import create_service_app
 from bastion_common.settings import ServiceSettings
@@ -88,3 +91,72 @@ async def test_a_starting_service_announces_itself_on_the_audit_stream(
         await redis.aclose()
     events = [AuditEvent.from_stream_fields(fields) for _id, fields in entries]
     assert [(e.type, e.service) for e in events] == [("service.started", "auth")]
+
+
+def _hot_app(redis_url: str, tmp_path: str) -> tuple[FastAPI, list[str]]:
+    """A service whose /hot path is served before FastAPI's stack (and can be made to fail)."""
+    seen: list[str] = []
+
+    async def hot(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["path"])
+        if b"boom" in scope.get("query_string", b""):
+            raise RuntimeError("secret detail " + secrets.token_hex(4))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"hot"})
+
+    settings = ServiceSettings(service_name="demo", redis_url=redis_url, spool_dir=tmp_path)
+    app = create_service_app(settings, title="demo", hot_routes={"/hot": hot})
+    return app, seen
+
+
+def _requests_counted(route: str, status: str) -> float:
+    value = 0.0
+    for metric in HTTP_REQUESTS.collect():
+        for sample in metric.samples:
+            labels = sample.labels
+            if (
+                sample.name.endswith("_total")
+                and labels.get("route") == route
+                and labels.get("status") == status
+            ):
+                value += sample.value
+    return value
+
+
+@pytest.mark.anyio
+async def test_a_hot_route_keeps_the_request_context_and_hides_its_errors(
+    redis_url: str, tmp_path: str
+) -> None:
+    app, seen = _hot_app(redis_url, str(tmp_path))
+    before_ok, before_error = _requests_counted("/hot", "200"), _requests_counted("/hot", "500")
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://t") as c,
+    ):
+        ok = await c.get("/hot", headers={"X-Request-ID": "hot-1"})
+        failed = await c.get("/hot?boom")
+        other = await c.get("/healthz")  # every other path still goes through FastAPI
+        near_miss = await c.get("/hot/")  # not the hot path: FastAPI answers it
+    assert (ok.status_code, ok.text, ok.headers["x-request-id"]) == (200, "hot", "hot-1")
+    assert failed.status_code == 500
+    assert failed.json() == {"error": "server_error", "error_description": "internal error"}
+    assert "secret detail" not in failed.text and "x-request-id" in failed.headers
+    assert other.json() == {"status": "ok"}
+    assert near_miss.status_code == 404
+    assert seen == ["/hot", "/hot"]
+    # Metrics carry the hot path's own label, not "unmatched".
+    assert _requests_counted("/hot", "200") == before_ok + 1
+    assert _requests_counted("/hot", "500") == before_error + 1
+
+
+def test_cached_label_children_count_into_the_same_series() -> None:
+    metric = Counter("bastion_test_label_cache_total", "test", ["kind"])
+    cached = LabelCache(metric)
+    cached("a").inc()
+    cached("a").inc()
+    metric.labels("a").inc()
+    cached("b").inc()
+    assert cached("a") is metric.labels("a")
+    assert metric.labels("a")._value.get() == 3
+    assert metric.labels("b")._value.get() == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -20,7 +21,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion_common.logging import get_logger, new_request_id, request_id_var, valid_request_id
 
-__all__ = ["ReadinessCheck", "RequestContextMiddleware", "ops_router", "redis_check"]
+__all__ = [
+    "LabelCache",
+    "ReadinessCheck",
+    "RequestContextMiddleware",
+    "ops_router",
+    "redis_check",
+]
 
 log = get_logger(__name__)
 
@@ -33,13 +40,39 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+_MAX_CACHED_CHILDREN = 1024
+
+
+class LabelCache:
+    """`metric.labels(*values)` remembered: prometheus_client checks and locks on every
+    `labels()` call, a noticeable share of a hot path's cost. Bounded: emptied when full."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            if len(self._children) >= _MAX_CACHED_CHILDREN:
+                self._children.clear()
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
+_REQUESTS = LabelCache(HTTP_REQUESTS)
+_LATENCY = LabelCache(HTTP_LATENCY)
 _SERVER_ERROR = b'{"error":"server_error","error_description":"internal error"}'
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
 
-def _route_label(scope: Scope) -> str:
+def _route_label(scope: Scope, fixed: str | None = None) -> str:
+    if fixed is not None:
+        return fixed
     route = scope.get("route")
     path = getattr(route, "path", None)
     # Unmatched paths share one label so that scanners cannot blow up metric cardinality.
@@ -47,8 +80,11 @@ def _route_label(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    """`route`: the metrics label when the wrapped app is one route (no router sets it)."""
+
+    def __init__(self, app: ASGIApp, route: str | None = None) -> None:
         self.app = app
+        self.route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,10 +128,10 @@ class RequestContextMiddleware:
                 await send_with_id({"type": "http.response.body", "body": _SERVER_ERROR})
         finally:
             elapsed = time.perf_counter() - started
-            route = _route_label(scope)
+            route = _route_label(scope, self.route)
             method = scope.get("method", "")
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_LATENCY.labels(method, route).observe(elapsed)
+            _REQUESTS(method, route, str(status)).inc()
+            _LATENCY(method, route).observe(elapsed)
             if scope.get("path") not in _QUIET_PATHS:
                 log.info(
                     "http.request",

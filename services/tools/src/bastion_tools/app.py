@@ -150,7 +150,14 @@ def create_app(settings: Settings) -> FastAPI:
                 # held event over before the common lifespan closes the publisher.
                 auditor.flush()
 
-    app = create_service_app(settings, title="MCP Bastion tools", extra_lifespan=lifespan)
+    # The MCP endpoint is a hot route: served before FastAPI's middleware and router. The
+    # Route below is only reached by near misses (`/mcp/` gets the usual redirect).
+    app = create_service_app(
+        settings,
+        title="MCP Bastion tools",
+        extra_lifespan=lifespan,
+        hot_routes={settings.mcp_path: guard},
+    )
     app.include_router(metadata_router(settings))
     app.router.routes.append(Route(settings.mcp_path, endpoint=guard, name="mcp"))
     # The SDK logs each session and tool failure at INFO; our audit events cover those.
