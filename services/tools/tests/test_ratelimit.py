@@ -4,6 +4,7 @@ of authentication, and one Redis round trip per call."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from services.tools.tests.helpers import (
     PUBLIC_URL,
     Minter,
     call_tool,
+    free_port,
     open_session,
     post,
     rpc,
@@ -25,6 +27,7 @@ from services.tools.tests.helpers import (
 
 from bastion_common.redis import create_redis
 from bastion_tools.app import create_app
+from bastion_tools.ratelimit import BATCH_SIZE, LimiterUnavailable, RateLimiter
 from bastion_tools.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -181,3 +184,65 @@ async def test_rate_limit_headers_accompany_allowed_calls(
     remaining = int(reply.headers["ratelimit-remaining"])
     assert 990 <= remaining < 1000
     assert math.isfinite(float(reply.headers["ratelimit-reset"]))
+
+
+def _batches() -> tuple[float, float]:
+    """(round trips, decisions) the limiter has sent so far in this process."""
+    count = sum_ = 0.0
+    for metric in BATCH_SIZE.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                sum_ = sample.value
+    return count, sum_
+
+
+async def test_concurrent_decisions_share_one_round_trip_and_stay_exact(redis_url: str) -> None:
+    redis = create_redis(redis_url)
+    try:
+        limiter = RateLimiter(redis)
+        rounds, decisions = _batches()
+        # 40 callers at once on a bucket of 25 that refills once a minute.
+        results = await asyncio.gather(
+            *(limiter.take("rl:sub:batched", capacity=25, refill_per_second=1 / 60)
+              for _ in range(40))
+        )  # fmt: skip
+        after_rounds, after_decisions = _batches()
+    finally:
+        await redis.aclose()
+    assert after_rounds - rounds == 1  # one pipeline carried all 40
+    assert after_decisions - decisions == 40
+    assert sum(d.allowed for d in results) == 25  # and each decision is still exact
+    refused = [d for d in results if not d.allowed]
+    assert all(d.retry_after > 0 for d in refused)
+
+
+async def test_decisions_survive_a_redis_that_lost_the_script(redis_url: str) -> None:
+    redis = create_redis(redis_url)
+    try:
+        limiter = RateLimiter(redis)
+        first = await limiter.take("rl:sub:flushed", capacity=5, refill_per_second=1.0)
+        await redis.script_flush()  # as after a restart: EVALSHA answers NOSCRIPT
+        second, third = await asyncio.gather(
+            limiter.take("rl:sub:flushed", capacity=5, refill_per_second=1.0),
+            limiter.take("rl:sub:flushed", capacity=5, refill_per_second=1.0, cost=10),
+        )
+    finally:
+        await redis.aclose()
+    assert first.allowed and second.allowed
+    assert not third.allowed and third.retry_after > 0
+
+
+async def test_every_waiting_caller_is_refused_when_redis_is_gone() -> None:
+    port = free_port()  # nothing listens there
+    redis = create_redis(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+    try:
+        limiter = RateLimiter(redis)
+        outcomes = await asyncio.gather(
+            *(limiter.take("rl:sub:gone", capacity=5, refill_per_second=1.0) for _ in range(8)),
+            return_exceptions=True,
+        )
+    finally:
+        await redis.aclose()
+    assert all(isinstance(o, LimiterUnavailable) for o in outcomes), outcomes
