@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher
+from bastion_common.logging import REDACTED, request_id_var
 from bastion_common.redis import create_redis
 
 
@@ -111,3 +112,25 @@ async def test_a_torn_spool_line_is_skipped_and_the_rest_replayed(
     finally:
         await publisher.close()
     assert await _numbers(redis) == [1, 2]
+
+
+def test_a_trusted_event_is_one_validation_would_accept() -> None:
+    token = request_id_var.set("req-7")
+    try:
+        event = AuditEvent.trusted(
+            "tool.called", "tools", "success", principal="p" * 300, client_id="c", ip="10.0.0.1",
+            tool="t" * 80, details={"password": "hunter2-hunter2", "arguments": {"city": "Oslo"}},
+        )  # fmt: skip
+    finally:
+        request_id_var.reset(token)
+    again = AuditEvent.model_validate_json(event.model_dump_json())  # the collector's view
+    assert again == event
+    assert event.request_id == "req-7"
+    assert len(event.principal or "") == 256 and len(event.tool or "") == 64
+    assert event.details == {"password": REDACTED, "arguments": {"city": "Oslo"}}
+    assert event.time.tzinfo is not None and len(event.id) == 32
+
+
+def test_a_trusted_event_of_an_unknown_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown audit event type"):
+        AuditEvent.trusted("tool.caled", "tools", "success")

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from services.tools.tests.helpers import (
     AUTH_ISSUER,
     KEYS_ISSUER,
+    MCP_HEADERS,
     RESOURCE,
     Minter,
     SigningKey,
@@ -315,7 +316,7 @@ async def test_redis_down_refuses_calls_with_503(
 
 
 async def test_a_session_is_bound_to_its_principal(
-    tools: httpx2.AsyncClient, minter: Minter
+    tools: httpx2.AsyncClient, minter: Minter, redis_url: str
 ) -> None:
     owner = minter.token(sub="alice")
     session = await open_session(tools, owner)
@@ -325,3 +326,37 @@ async def test_a_session_is_bound_to_its_principal(
     thief = minter.token(sub="mallory")
     stolen = await post(tools, thief, rpc("tools/list", {}, 3), session=session)
     assert stolen.status_code == 404
+    event = await wait_for_event(redis_url, "request.invalid", principal="mallory")
+    assert event.details["reason"] == "unknown_or_foreign_session"
+    assert event.details["session"] == session and event.outcome == "denied"
+
+
+def _raw_post(client: httpx2.AsyncClient, token: str, content: bytes) -> Any:
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+    return client.post("/mcp", content=content, headers=headers)
+
+
+async def test_a_body_that_is_not_json_is_refused_counted_and_audited(
+    tools: httpx2.AsyncClient, minter: Minter, redis_url: str
+) -> None:
+    token = minter.token(sub="garbler")
+    reply = await _raw_post(tools, token, b'{"jsonrpc": "2.0", "method": ')
+    assert reply.status_code == 400
+    assert reply.json()["error"]["code"] == -32700
+    assert "ratelimit-remaining" in reply.headers  # it paid for its request like any other
+    event = await wait_for_event(redis_url, "request.invalid", principal="garbler")
+    assert (event.details["reason"], event.outcome) == ("parse_error", "failure")
+
+
+async def test_an_oversized_body_or_batch_is_refused_unread_and_audited(
+    make_settings: Callable[..., Settings], minter: Minter, redis_url: str
+) -> None:
+    async with serve(create_app(make_settings(max_body_bytes=4096))) as client:
+        token = minter.token(sub="stuffer")
+        huge = await _raw_post(client, token, b'{"x": "' + b"a" * 5000 + b'"}')
+        batch = await post(client, token, [rpc("ping", {}, i) for i in range(33)])
+    assert huge.status_code == 413
+    assert batch.status_code == 400 and "batch" in batch.json()["error"]["message"]
+    too_large = await wait_for_event(redis_url, "request.invalid", reason="too_large")
+    too_many = await wait_for_event(redis_url, "request.invalid", reason="batch")
+    assert too_large.principal == too_many.principal == "stuffer"

@@ -31,9 +31,9 @@ from typing import Any
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from prometheus_client import Counter
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bastion_common.http import LabelCache
 from bastion_common.logging import get_logger
 from bastion_common.tokens import (
     Principal,
@@ -56,8 +56,10 @@ __all__ = ["Guard", "GuardDeps", "host_allowed", "origin_allowed"]
 log = get_logger(__name__)
 
 REFUSALS = Counter("bastion_tools_refusals_total", "MCP requests refused by the guard", ["reason"])
+_REFUSALS = LabelCache(REFUSALS)
 _MAX_BATCH = 32
 _MAX_BLOCKED_IPS = 100_000
+_MAX_USERS = 10_000
 
 
 @dataclass
@@ -120,6 +122,35 @@ def _ratelimit_headers(decision: Decision) -> dict[str, str]:
     }
 
 
+class _Wanted:
+    """The request headers the guard reads, found in one pass over the raw list (the
+    first of each wins, as with Starlette's `Headers.get`)."""
+
+    __slots__ = ("authorization", "content_length", "host", "origin", "session")
+
+    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
+        self.host: str | None = None
+        self.origin: str | None = None
+        self.authorization: str | None = None
+        self.content_length: str | None = None
+        self.session: str | None = None
+        for name, value in raw:
+            if name == b"host":
+                if self.host is None:
+                    self.host = value.decode("latin-1")
+            elif name == b"authorization":
+                if self.authorization is None:
+                    self.authorization = value.decode("latin-1")
+            elif name == b"origin":
+                if self.origin is None:
+                    self.origin = value.decode("latin-1")
+            elif name == b"content-length":
+                if self.content_length is None:
+                    self.content_length = value.decode("latin-1")
+            elif name == b"mcp-session-id" and self.session is None:
+                self.session = value.decode("latin-1")[:64]
+
+
 @dataclass(frozen=True, slots=True)
 class _Calls:
     """What a request body asks for: its cost and the tools it calls."""
@@ -127,6 +158,7 @@ class _Calls:
     cost: int
     tools: tuple[ToolSpec, ...]
     first_tool_name: str | None
+    unparsable: bool = False
 
 
 class Guard:
@@ -138,6 +170,7 @@ class Guard:
         self.catalog: dict[str, ToolSpec] = {}
         self.deps: GuardDeps | None = None
         self._blocked: dict[str, float] = {}
+        self._users: dict[str, AuthenticatedUser] = {}
 
     def bind(self, app: ASGIApp, catalog: dict[str, ToolSpec], deps: GuardDeps) -> None:
         """Attach what the lifespan opened; until then every request gets 503."""
@@ -152,22 +185,22 @@ class Guard:
         try:
             await self._handle(scope, receive, send)
         except _Refusal as refusal:
-            REFUSALS.labels(refusal.reason or str(refusal.status)).inc()
+            _REFUSALS(refusal.reason or str(refusal.status)).inc()
             await _send_json(send, refusal.status, refusal.body, refusal.headers)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         deps, app = self.deps, self.app
         if deps is None or app is None:
             raise _Refusal(503, _rpc_error("service is starting"), reason="starting")
-        headers = Headers(scope=scope)
+        headers = _Wanted(scope["headers"])
         client = scope.get("client")
         ip = str(client[0]) if client else "unknown"
 
         # 1. DNS-rebinding protection (MCP transport spec, "Security Warning").
-        if not host_allowed(headers.get("host"), self.settings):
+        if not host_allowed(headers.host, self.settings):
             deps.auditor.emit("authz.denied", "denied", ip=ip, reason="host_not_allowed")
             raise _Refusal(421, _oauth_error("invalid_request", "host not allowed"), reason="host")
-        if not origin_allowed(headers.get("origin"), self.settings):
+        if not origin_allowed(headers.origin, self.settings):
             deps.auditor.emit("authz.denied", "denied", ip=ip, reason="origin_not_allowed")
             raise _Refusal(
                 403, _oauth_error("invalid_request", "origin not allowed"), reason="origin"
@@ -189,17 +222,32 @@ class Guard:
         # 3. Authentication.
         principal, token = await self._authenticate(deps, headers, ip)
 
-        # 4. Body, cost, and the one round trip: revocation + rate limit.
+        # 4. Body, cost, and the one round trip: revocation + rate limit. A body that is
+        # too large is refused unread; one that is not JSON still pays for its request.
         body = b""
-        if scope["method"] == "POST":
-            declared = headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
-                raise _Refusal(
-                    413, _rpc_error("request body too large", -32600), reason="too_large"
-                )
-            body = await _read_body(receive, self.settings.max_body_bytes)
-        calls = self._calls(body)
+        try:
+            if scope["method"] == "POST":
+                declared = headers.content_length or ""
+                if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+                    raise _Refusal(
+                        413, _rpc_error("request body too large", -32600), reason="too_large"
+                    )
+                body = await _read_body(receive, self.settings.max_body_bytes)
+            calls = self._calls(body)
+        except _Refusal as refusal:
+            deps.auditor.emit("request.invalid", "failure", principal=principal, ip=ip,
+                              reason=refusal.reason, status=refusal.status)  # fmt: skip
+            raise
         decision = await self._take(deps, principal, token, calls, ip)
+        if calls.unparsable:
+            deps.auditor.emit("request.invalid", "failure", principal=principal, ip=ip,
+                              reason="parse_error", status=400)  # fmt: skip
+            raise _Refusal(
+                400,
+                _rpc_error("parse error: the request body is not JSON", -32700),
+                _ratelimit_headers(decision),
+                reason="parse_error",
+            )
 
         # 5. RBAC (DESIGN.md "Roles and permissions").
         needed = {spec.permission for spec in calls.tools}
@@ -221,33 +269,52 @@ class Guard:
                 reason="insufficient_scope",
             )
 
-        scope["user"] = AuthenticatedUser(
-            AccessToken(
-                token=principal.fingerprint or token_fingerprint(token),
-                client_id=principal.client_id or principal.subject,
-                scopes=sorted(principal.scopes),
-                expires_at=int(principal.expires_at),
-                resource=self.settings.resource_uri,
-                subject=principal.subject,
-                claims={"iss": principal.issuer},
-            )
-        )
+        scope["user"] = self._user(principal, token)
         scope[PRINCIPAL_SCOPE_KEY] = principal
         scope["bastion.ip"] = ip
         extra = [(k.lower().encode(), v.encode()) for k, v in _ratelimit_headers(decision).items()]
 
+        session = headers.session
+
         async def send_with_limits(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                if session is not None and message["status"] == 404:
+                    # The SDK answers a session that is unknown, expired or created with
+                    # another credential alike (404): record it, hijack attempts included.
+                    deps.auditor.emit(
+                        "request.invalid", "denied", principal=principal, ip=ip,
+                        reason="unknown_or_foreign_session", session=session,
+                    )  # fmt: skip
             await send(message)
 
         downstream = _replay(body, receive) if scope["method"] == "POST" else receive
         await app(scope, downstream, send_with_limits)
 
+    def _user(self, principal: Principal, token: str) -> AuthenticatedUser:
+        """What the SDK binds sessions to; one per token, reused while it is valid."""
+        fingerprint = principal.fingerprint or token_fingerprint(token)
+        user = self._users.get(fingerprint)
+        if user is None:
+            if len(self._users) >= _MAX_USERS:
+                self._users.clear()
+            user = self._users[fingerprint] = AuthenticatedUser(
+                AccessToken(
+                    token=fingerprint,
+                    client_id=principal.client_id or principal.subject,
+                    scopes=sorted(principal.scopes),
+                    expires_at=int(principal.expires_at),
+                    resource=self.settings.resource_uri,
+                    subject=principal.subject,
+                    claims={"iss": principal.issuer},
+                )
+            )
+        return user
+
     async def _authenticate(
-        self, deps: GuardDeps, headers: Headers, ip: str
+        self, deps: GuardDeps, headers: _Wanted, ip: str
     ) -> tuple[Principal, str]:
-        authorization = headers.get("authorization")
+        authorization = headers.authorization
         if not authorization:
             await self._failed(deps, ip, "missing_token", None)
             # RFC 6750 §3.1: no credentials, so no error code; the challenge says where to go.
@@ -325,7 +392,7 @@ class Guard:
         try:
             parsed = json.loads(body)
         except ValueError:
-            return _Calls(1, (), None)  # the SDK answers the parse error
+            return _Calls(1, (), None, unparsable=True)
         messages = parsed if isinstance(parsed, list) else [parsed]
         if len(messages) > _MAX_BATCH:
             raise _Refusal(

@@ -20,6 +20,7 @@ from prometheus_client import Histogram
 from pydantic import ValidationError
 
 from bastion_common.audit import Outcome
+from bastion_common.http import LabelCache
 from bastion_common.tokens import Principal
 from bastion_tools.events import Auditor
 from bastion_tools.tools.catalog import PRINCIPAL_SCOPE_KEY, ToolSpec
@@ -34,6 +35,9 @@ TOOL_LATENCY = Histogram(
 )
 
 
+_LATENCY = LabelCache(TOOL_LATENCY)
+
+
 def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return [
         {"field": ".".join(str(p) for p in err["loc"]) or "arguments", "problem": err["msg"]}
@@ -45,6 +49,10 @@ class ToolCallPolicy:
     def __init__(self, catalog: dict[str, ToolSpec], auditor: Auditor) -> None:
         self._catalog = catalog
         self._auditor = auditor
+        self._known = {
+            name: frozenset(spec.tool.fn_metadata.arg_model.model_fields)
+            for name, spec in catalog.items()
+        }
 
     async def __call__(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
@@ -105,7 +113,7 @@ class ToolCallPolicy:
             return result
         finally:
             elapsed = time.perf_counter() - started
-            TOOL_LATENCY.labels(spec.name, outcome).observe(elapsed)
+            _LATENCY(spec.name, outcome).observe(elapsed)
             self._auditor.emit(
                 "tool.called", outcome, principal=principal, ip=ip, tool=spec.name,
                 arguments=arguments, latency_ms=round(elapsed * 1000, 3),
@@ -118,7 +126,7 @@ class ToolCallPolicy:
         if not isinstance(arguments, dict):
             problems = [{"field": "arguments", "problem": "must be an object"}]
         else:
-            known = set(spec.tool.fn_metadata.arg_model.model_fields)
+            known = self._known[spec.name]
             problems = [
                 {"field": str(key)[:64], "problem": "unknown argument"}
                 for key in arguments
