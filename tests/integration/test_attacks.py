@@ -13,7 +13,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import subprocess
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -800,6 +802,97 @@ async def test_rate_limits_hold_across_sessions_of_one_principal(
         count=statuses.count(429),
     )  # fmt: skip
     assert {e["details"]["bucket"] for e in refused} == {"principal"}
+
+
+# Runs in a throwaway container on the stack's network (stdlib only): the MCP handshake,
+# then `calls` get_weather calls, all with the token in $TOKEN. Prints this container's
+# address and every HTTP status it got.
+SPREAD_CLIENT = """
+import json, os, socket, sys, urllib.error, urllib.request
+url, calls = sys.argv[1], int(sys.argv[2])
+headers = {"Authorization": "Bearer " + os.environ["TOKEN"], "Content-Type": "application/json",
+           "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+def post(payload):
+    request = urllib.request.Request(url, json.dumps(payload).encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            response.read()
+            return response.status, response.headers.get("mcp-session-id")
+    except urllib.error.HTTPError as error:
+        return error.code, None
+statuses = []
+hello = {"protocolVersion": "2025-06-18", "capabilities": {},
+         "clientInfo": {"name": "spread", "version": "1"}}
+status, session = post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello})
+statuses.append(status)
+if session:
+    headers["Mcp-Session-Id"] = session
+statuses.append(post({"jsonrpc": "2.0", "method": "notifications/initialized"})[0])
+for n in range(calls):
+    statuses.append(post({"jsonrpc": "2.0", "id": n + 1, "method": "tools/call",
+                          "params": {"name": "get_weather", "arguments": {"city": "Paris"}}})[0])
+print(json.dumps({"ip": socket.gethostbyname(socket.gethostname()), "statuses": statuses}))
+"""
+
+
+async def test_rate_limits_hold_across_truly_distinct_source_addresses(
+    stack: Stack, audit: AuditApi
+) -> None:
+    """The same principal's token used at once from four containers, each with its own
+    address on the stack's network (not a claimed X-Forwarded-For): the guest's one
+    bucket (50, refilling 1/s) still bounds what gets through, and every refusal is
+    audited with the address it came from."""
+    capacity, refill, clients, calls = 50, 1.0, 4, 30
+    user = await create_user(stack, "guest")
+    client = await OAuthClient.register(stack.urls["auth"], "address-spreader")
+    token = (await client.token(*user, resource=tools_uri(stack), scope="weather:read"))[
+        "access_token"
+    ]
+    since = now()
+    image = f"mcp-bastion/app:{stack.env['IMAGE_TAG']}"
+    argv = [
+        "docker", "run", "--rm", "--network", f"{stack.project}_default", "--env", "TOKEN",
+        "--read-only", "--cap-drop", "ALL", image,
+        "python", "-c", SPREAD_CLIENT, "http://tools:8000/mcp", str(calls),
+    ]  # fmt: skip
+    started = time.monotonic()
+    runs = [
+        subprocess.Popen(  # noqa: S603 - fixed argv
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TOKEN": token},
+        )  # fmt: skip
+        for _ in range(clients)
+    ]
+    outputs = [run.communicate(timeout=180) for run in runs]
+    elapsed = time.monotonic() - started
+    results = []
+    for run, (out, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+
+    addresses = {r["ip"] for r in results}
+    assert len(addresses) == clients  # four real source addresses
+    statuses = [status for r in results for status in r["statuses"]]
+    allowed = sum(1 for status in statuses if status < 400)
+    refused = statuses.count(429)
+    # One bucket for the principal, whatever the address: at most its capacity plus what
+    # refilled while the clients ran (elapsed includes container start-up: generous).
+    assert allowed <= capacity + refill * elapsed
+    assert refused > 0
+    # Every refusal is audited, for this principal, with the address that sent it...
+    events = await audit.wait_for(
+        "ratelimit.refused", since=since, outcome="denied", principal=user[0], count=refused
+    )
+    assert len(events) == refused
+    assert {e["details"]["bucket"] for e in events} == {"principal"}
+    # ...and the tools server saw the four addresses themselves (each client's calls were
+    # either run or refused there).
+    ran = await audit.events("tool.called", since=since, principal=user[0])
+    assert len(ran) <= allowed
+    assert {e["ip"] for e in events} | {e["ip"] for e in ran} == addresses
 
 
 async def test_secrets_never_appear_in_any_log(stack: Stack) -> None:
