@@ -38,7 +38,11 @@ def is_cimd(client_id: str) -> bool:
 
 async def check_url(ctx: AuthContext, url: str) -> str | None:
     """Refuse any URL that could reach a place this server must not fetch from; return
-    the checked public address to connect to (None for a host allowed by configuration)."""
+    the checked public address to connect to (None for a host allowed by configuration).
+
+    Only a host an operator lists in `cimd_allowed_hosts` (empty by default) may resolve
+    to an internal address; every other host must resolve to public addresses only.
+    `cimd_ca_file` changes which certificates are believed, never this check."""
     try:
         parts = urlsplit(url)
         port = parts.port
