@@ -4,10 +4,15 @@ Creates one demo user per role, runs the real flows for each (login + consent th
 auth, tool calls through tools), shows what is allowed and refused, a rate-limit
 refusal, a revocation taking effect, an API key used by a machine client, and ends with
 the security report from audit.
+
+The stack's credentials and host ports come from its env file (`make up` writes
+deploy/.env; `--env-file` names another, e.g. the integration tests' stack); a `*_PORT`
+variable in the environment wins over the file.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import secrets
@@ -38,20 +43,21 @@ TOOL_CALLS: dict[str, dict[str, Any]] = {
 }
 
 
-def env_file() -> dict[str, str]:
+def env_file(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
-    for line in (ROOT / "deploy/.env").read_text().splitlines():
+    for line in path.read_text().splitlines():
         if "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)
             values[key] = value
     return values
 
 
-def urls() -> dict[str, str]:
-    return {
-        name: f"http://localhost:{os.environ.get(f'{name.upper()}_PORT', port)}"
-        for name, port in (("auth", 8001), ("keys", 8002), ("tools", 8003), ("audit", 8004))
-    }
+def urls(env: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for name, port in (("auth", 8001), ("keys", 8002), ("tools", 8003), ("audit", 8004)):
+        variable = f"{name.upper()}_PORT"
+        out[name] = f"http://localhost:{os.environ.get(variable, env.get(variable, port))}"
+    return out
 
 
 def outcome(reply: Any) -> tuple[str, str]:
@@ -67,16 +73,16 @@ def outcome(reply: Any) -> tuple[str, str]:
     return f"[red]refused {reply.status}[/]", reason[:60]
 
 
-async def main() -> None:
-    u = urls()
-    env = env_file()
+async def main(env_path: Path) -> None:
+    env = env_file(env_path)
+    u = urls(env)
     admin = (env["BOOTSTRAP_ADMIN_USERNAME"], env["BOOTSTRAP_ADMIN_PASSWORD"])
     tools_uri = f"{u['tools']}/mcp"
     console.print(Panel.fit("MCP Bastion demo", style="bold"))
 
     client = await OAuthClient.register(u["auth"], "bastion-demo")
     admin_api = await client.token(*admin, resource=f"{u['auth']}/admin", scope="admin:users")
-    users = {"admin": admin}
+    users: dict[str, tuple[str, str]] = {}
     async with httpx2.AsyncClient(timeout=15) as http:
         for role in ("guest", "user", "premium"):
             name, password = f"demo-{role}-{secrets.token_hex(2)}", secrets.token_urlsafe(16)
@@ -88,6 +94,15 @@ async def main() -> None:
             response.raise_for_status()
             users[role] = (name, password)
     console.print(f"Created demo users: {', '.join(n for n, _ in users.values())}")
+    users["admin"] = admin  # the last row: its delete_file cleans up after the others
+
+    # The admin puts demo.txt in the sandbox first, so that a role that may read files
+    # but not write them (user) reads a file that exists: every allowed call succeeds.
+    seed = await client.token(*admin, resource=tools_uri, scope="files:write")
+    mcp = McpHttp(tools_uri, seed["access_token"])
+    async with httpx2.AsyncClient(timeout=15) as http:
+        await mcp.initialize(http)
+        await mcp.call_tool(http, "write_file", TOOL_CALLS["write_file"])
 
     table = Table(title="Every role, every tool (login + consent through auth, then tools)")
     table.add_column("role")
@@ -213,4 +228,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--env-file", type=Path, default=ROOT / "deploy/.env",
+        help="the stack's env file (default: deploy/.env, written by make up)",
+    )  # fmt: skip
+    asyncio.run(main(parser.parse_args().env_file))

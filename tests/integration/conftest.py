@@ -3,6 +3,10 @@
 The stack runs under its own compose project name, with its own generated secrets and
 its own host ports, so it never collides with a stack started by `make up` (or with
 another developer's test run: set BASTION_IT_PROJECT and BASTION_IT_PORT_BASE).
+
+deploy/compose.test.yaml is added to compose.yaml: access tokens live 60 s (so a refresh
+can be seen), and auth may fetch client ID metadata documents from CIMD_HOST, which
+resolves to the docker host, over https with the session's throwaway CA (`cimd` fixture).
 """
 
 from __future__ import annotations
@@ -12,13 +16,23 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from testcontainers.compose import DockerCompose
 
+from tests.integration.tls import DocumentServer, TestCA
+
+if TYPE_CHECKING:
+    from tests.integration.audit_api import AuditApi
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SERVICES = ("auth", "keys", "tools", "audit")
+COMPOSE_FILES = ("compose.yaml", "compose.test.yaml")
+# Where the tests serve client ID metadata documents; auth resolves it to the docker host.
+CIMD_HOST = "cimd.bastion.test"
+ACCESS_TOKEN_TTL = 60
 
 
 @dataclass(frozen=True)
@@ -28,10 +42,12 @@ class Stack:
     env_file: Path
     urls: dict[str, str]
     env: dict[str, str]
+    ca: TestCA
 
     def compose_cmd(self, *args: str) -> list[str]:
+        files = [arg for name in COMPOSE_FILES for arg in ("-f", str(DEPLOY / name))]
         return [
-            "docker", "compose", "-p", self.project, "-f", str(DEPLOY / "compose.yaml"),
+            "docker", "compose", "-p", self.project, *files,
             "--env-file", str(self.env_file), *args,
         ]  # fmt: skip
 
@@ -62,6 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = int(os.environ.get("BASTION_IT_PORT_BASE", "18000"))
     ports = {name: base + i for i, name in enumerate(SERVICES, start=1)}
     env_file = tmp_path_factory.mktemp("stack") / "it.env"
+    ca = TestCA(tmp_path_factory.mktemp("tls"), [CIMD_HOST])
     subprocess.run(["bash", str(DEPLOY / "gen-env.sh"), str(env_file)], check=True)  # noqa: S603
     with env_file.open("a") as fh:
         for name, port in ports.items():
@@ -69,13 +86,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         fh.write(f"IMAGE_TAG={project}\n")
         # A short refresh grace window, so the reuse attack needs no long sleep.
         fh.write("AUTH_REFRESH_GRACE_SECONDS=1\n")
+        fh.write(f"AUTH_ACCESS_TOKEN_TTL={ACCESS_TOKEN_TTL}\n")
+        fh.write(f"CIMD_HOST={CIMD_HOST}\nCIMD_CA_FILE={ca.ca_file}\n")
         fh.write(f"BASE_IMAGE={os.environ.get('BASE_IMAGE', 'python:3.11-slim-bookworm')}\n")
     os.environ["COMPOSE_PROJECT_NAME"] = project
     compose = DockerCompose(
-        DEPLOY, compose_file_name="compose.yaml", env_file=str(env_file), build=True, wait=True
+        DEPLOY,
+        compose_file_name=list(COMPOSE_FILES),
+        env_file=str(env_file),
+        build=True,
+        wait=True,
     )
     urls = {name: f"http://localhost:{port}" for name, port in ports.items()}
-    stack = Stack(compose, project, env_file, urls, _read_env(env_file))
+    stack = Stack(compose, project, env_file, urls, _read_env(env_file), ca)
     # A stack left behind by an interrupted run would hold the ports: start clean.
     subprocess.run(stack.compose_cmd("down", "--volumes"), capture_output=True, check=False)  # noqa: S603
     compose.start()
@@ -83,3 +106,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         compose.stop()
+
+
+@pytest.fixture(scope="session")
+def cimd(stack: Stack) -> Iterator[DocumentServer]:
+    """An https server on every host interface (auth reaches it through the docker host
+    gateway as CIMD_HOST), with a certificate from the stack's throwaway CA."""
+    server = DocumentServer(stack.ca, host="0.0.0.0")  # noqa: S104 - containers must reach it
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def audit(stack: Stack) -> AuditApi:
+    """GET /v1/events of the stack's audit service, as the bootstrap admin."""
+    from tests.integration.audit_api import AuditApi
+
+    return AuditApi(stack)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from services.auth.tests.helpers import REDIRECT, Harness, harness, make_settings, pkce_pair
 
+from tests.integration.tls import DocumentServer, TestCA
+
 SSRF_TARGETS = [
     "http://example.com/client.json",  # not https
     "https://127.0.0.1/client.json",
@@ -126,3 +128,72 @@ async def test_the_fetch_connects_to_the_checked_address_not_a_fresh_lookup(
     target, headers, extensions = _pinned("https://docs.example/c.json", "2001:db8::1")
     assert target == "https://[2001:db8::1]/c.json"
     assert headers["Host"] == "docs.example" and extensions == {"sni_hostname": "docs.example"}
+
+
+@pytest.fixture
+def https_docs(tmp_path: Path) -> Iterator[tuple[TestCA, DocumentServer]]:
+    ca = TestCA(tmp_path / "tls", ["localhost", "127.0.0.1"])
+    server = DocumentServer(ca)
+    yield ca, server
+    server.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_a_document_served_over_https_is_believed_only_with_the_configured_ca(
+    redis_url: str, tmp_path: Path, https_docs: tuple[TestCA, DocumentServer], trusted: bool
+) -> None:
+    ca, server = https_docs
+    url = f"https://localhost:{server.port}/client.json"
+    server.bodies["/client.json"] = json.dumps(
+        {"client_id": url, "client_name": "TLS doc client", "redirect_uris": [REDIRECT]}
+    ).encode()
+    settings = make_settings(
+        redis_url,
+        tmp_path,
+        cimd_allowed_hosts=["localhost"],
+        cimd_ca_file=str(ca.ca_file) if trusted else None,
+    )
+    async with harness(settings) as h:
+        if trusted:
+            verifier, challenge = pkce_pair()
+            code = await h.code(url, (verifier, challenge))
+            assert (await h.exchange(url, code, verifier)).status_code == 200
+            events = await h.events("client.registered")
+            assert events[0]["client_id"] == url and events[0]["details"]["source"] == "cimd"
+            assert server.hits["/client.json"] == 1
+        else:
+            # The test CA is not a system root: the certificate is refused, the client too.
+            page = await h.authorize(url)
+            assert page.status_code == 400 and "location" not in page.headers
+            events = await h.events("oauth.request_failed")
+            assert events[0]["details"]["error"] == "invalid_client"
+            assert "unreachable" in page.text  # the TLS handshake failed: no GET was served
+            assert server.hits == {}
+
+
+@pytest.mark.anyio
+async def test_a_configured_ca_does_not_open_internal_hosts(
+    redis_url: str, tmp_path: Path, https_docs: tuple[TestCA, DocumentServer]
+) -> None:
+    """The CA widens which certificates are believed, never which hosts are fetched:
+    127.0.0.1 is not in cimd_allowed_hosts, so it is refused before any connection."""
+    ca, server = https_docs
+    url = f"https://127.0.0.1:{server.port}/client.json"
+    server.bodies["/client.json"] = json.dumps(
+        {"client_id": url, "redirect_uris": [REDIRECT]}
+    ).encode()
+    settings = make_settings(
+        redis_url, tmp_path, cimd_allowed_hosts=["localhost"], cimd_ca_file=str(ca.ca_file)
+    )
+    async with harness(settings) as h:
+        page = await h.authorize(url)
+        assert page.status_code == 400 and "location" not in page.headers
+    assert server.hits == {}
+
+
+def test_an_unreadable_ca_file_stops_the_service(redis_url: str, tmp_path: Path) -> None:
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    for path in (tmp_path / "missing.pem", tmp_path / "bad.pem"):
+        with pytest.raises(ValueError, match="AUTH_CIMD_CA_FILE"):
+            make_settings(redis_url, tmp_path, cimd_ca_file=str(path))

@@ -4,16 +4,20 @@
 The fetch is an SSRF surface, so: https only, no userinfo or fragment, every address the
 host resolves to must be public (no private, loopback, link-local, reserved) unless the
 host is listed in `cimd_allowed_hosts`, no redirects, a timeout, a size cap, and the
-result is cached. The document's own `client_id` must equal the URL.
+result is cached. The document's own `client_id` must equal the URL. The server
+certificate is checked against the system roots, plus `cimd_ca_file` when set (a test or
+development CA; it widens which certificates are believed, never which hosts are fetched).
 The fetch connects to the very address that was checked (Host header and TLS SNI /
 certificate check still use the name), so DNS rebinding between check and fetch fails.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import socket
+import ssl
 from urllib.parse import urlsplit
 
 import anyio
@@ -34,7 +38,11 @@ def is_cimd(client_id: str) -> bool:
 
 async def check_url(ctx: AuthContext, url: str) -> str | None:
     """Refuse any URL that could reach a place this server must not fetch from; return
-    the checked public address to connect to (None for a host allowed by configuration)."""
+    the checked public address to connect to (None for a host allowed by configuration).
+
+    Only a host an operator lists in `cimd_allowed_hosts` (empty by default) may resolve
+    to an internal address; every other host must resolve to public addresses only.
+    `cimd_ca_file` changes which certificates are believed, never this check."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -73,13 +81,25 @@ def _pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[st
     return parts._replace(netloc=netloc).geturl(), headers, {"sni_hostname": parts.hostname or ""}
 
 
+@functools.cache
+def _tls(ca_file: str | None) -> ssl.SSLContext:
+    """The system roots, plus the configured extra CA; built once (loading roots is slow)."""
+    context = httpx2.create_ssl_context(trust_env=False)
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
 async def _fetch(ctx: AuthContext, url: str, address: str | None) -> bytes:
     cap = ctx.settings.cimd_max_bytes
     target, headers, extensions = _pinned(url, address)
     try:
         async with (
             httpx2.AsyncClient(
-                timeout=ctx.settings.cimd_timeout, follow_redirects=False, trust_env=False
+                timeout=ctx.settings.cimd_timeout,
+                follow_redirects=False,
+                trust_env=False,
+                verify=_tls(ctx.settings.cimd_ca_file),
             ) as http,
             http.stream("GET", target, headers=headers, extensions=extensions) as response,
         ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
@@ -59,9 +60,18 @@ class Settings(ServiceSettings):
     # Reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs); empty: none.
     trusted_proxies: list[str] = Field(default_factory=list)
 
-    # Client ID metadata documents: hosts exempt from the private-address check (tests).
-    cimd_allowed_hosts: list[str] = Field(default_factory=list)
+    # Client ID metadata documents. A host listed in `cimd_allowed_hosts` is exempt from
+    # the public-address check (it may resolve to a private or loopback address), so the
+    # default is empty: no internal address is ever fetched unless configured here.
+    cimd_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="hosts whose metadata documents may be fetched from internal addresses",
+    )
     cimd_allow_http: bool = Field(default=False, description="tests only: fetch http URLs")
+    cimd_ca_file: str | None = Field(
+        default=None,
+        description="tests/dev only: PEM CA trusted, besides the system roots, for documents",
+    )
     cimd_timeout: float = Field(default=5.0, gt=0, le=30)
     cimd_max_bytes: int = Field(default=5120, ge=512, le=65536)
     cimd_cache_seconds: int = Field(default=300, ge=0, le=86400)
@@ -98,6 +108,11 @@ class Settings(ServiceSettings):
             problem = check_secret_strength(self.hs256_secret.get_secret_value())
             if problem:
                 raise ValueError(f"AUTH_HS256_SECRET {problem}")
+        if self.cimd_ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=self.cimd_ca_file)
+            except (OSError, ssl.SSLError):
+                raise ValueError("AUTH_CIMD_CA_FILE is not a readable PEM CA file") from None
         if self.tools_client_secret is not None:
             problem = check_secret_strength(self.tools_client_secret.get_secret_value())
             if problem:
