@@ -717,24 +717,35 @@ async def test_path_traversal_is_refused(stack: Stack, audit: AuditApi, path: st
     assert events[0]["service"] == "tools"
 
 
-async def test_malformed_and_oversized_json_rpc_is_refused(stack: Stack) -> None:
+async def test_malformed_and_oversized_json_rpc_is_refused(stack: Stack, audit: AuditApi) -> None:
+    since = now()
     token = (await admin_tools_token(stack))["access_token"]
     headers = {
         "Authorization": f"Bearer {token}",
         "Accept": "application/json, text/event-stream",
         "Content-Type": "application/json",
     }
+    broken_rid, huge_rid = request_id(), request_id()
     async with httpx2.AsyncClient(timeout=20) as http:
-        broken = await http.post(tools_uri(stack), content=b"{not json", headers=headers)
+        broken = await http.post(
+            tools_uri(stack), content=b"{not json", headers={**headers, "X-Request-ID": broken_rid}
+        )
         huge = await http.post(
             tools_uri(stack),
             content=b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"'
             + b"a" * (5 * 1024 * 1024)
             + b'"}}',
-            headers=headers,
+            headers={**headers, "X-Request-ID": huge_rid},
         )
     assert broken.status_code == 400
-    assert huge.status_code in (400, 413)
+    assert broken.json()["error"]["code"] == -32700
+    assert huge.status_code == 413
+    for rid, reason in ((broken_rid, "parse_error"), (huge_rid, "too_large")):
+        (event,) = await audit.wait_for(
+            "request.invalid", since=since, where=by_request(rid), outcome="failure"
+        )
+        assert event["details"]["reason"] == reason
+        assert event["principal"] == admin(stack)[0]
 
 
 async def create_user(stack: Stack, role: str) -> tuple[str, str]:
@@ -753,7 +764,8 @@ async def create_user(stack: Stack, role: str) -> tuple[str, str]:
     return username, password
 
 
-async def test_a_session_cannot_be_used_by_another_principal(stack: Stack) -> None:
+async def test_a_session_cannot_be_used_by_another_principal(stack: Stack, audit: AuditApi) -> None:
+    since = now()
     owner = (await admin_tools_token(stack))["access_token"]
     guest = await create_user(stack, "premium")
     client = await OAuthClient.register(stack.urls["auth"], "session-thief")
@@ -767,9 +779,14 @@ async def test_a_session_cannot_be_used_by_another_principal(stack: Stack) -> No
         hijack = McpHttp(tools_uri(stack), thief, session_id=mcp.session_id)
         stolen = await hijack.call_tool(http, "get_weather", {"city": "Paris"})
         own = await mcp.call_tool(http, "get_weather", {"city": "Paris"})
-    assert stolen.status in (403, 404)
+    assert stolen.status == 404
     assert stolen.error is not None
     assert own.status == 200
+    (event,) = await audit.wait_for(
+        "request.invalid", since=since, principal=guest[0], outcome="denied"
+    )
+    assert event["details"]["reason"] == "unknown_or_foreign_session"
+    assert event["details"]["session"] == mcp.session_id
 
 
 async def test_rate_limits_hold_across_sessions_of_one_principal(
