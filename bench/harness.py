@@ -132,28 +132,14 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def redis(self, *, cpu: int = LOAD_CPU, appendonly: bool = False) -> tuple[int, str]:
-        """A private redis-server with no snapshots: (pid, url)."""
+    def redis(self, *, cpu: int | None = LOAD_CPU, appendonly: bool = False) -> tuple[int, str]:
+        """A private redis-server with no snapshots (`cpu` None: not pinned): (pid, url)."""
         require("redis-server")
         port = free_port()
-        proc = self.start(
-            pinned(
-                [
-                    "redis-server",
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes" if appendonly else "no",
-                    "--dir",
-                    str(self.workdir),
-                ],
-                cpu,
-            )  # fmt: skip
-        )
+        aof = "yes" if appendonly else "no"
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", aof, "--dir", str(self.workdir)]  # fmt: skip
+        proc = self.start(argv if cpu is None else pinned(argv, cpu))
         wait_port(port)
         return proc.pid, f"redis://127.0.0.1:{port}/0"
 
