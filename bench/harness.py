@@ -108,7 +108,7 @@ class Processes:
 
     def __init__(self, prefix: str) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix=prefix))
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[subprocess.Popen[Any]] = []
 
     def __enter__(self) -> Processes:
         return self
