@@ -237,7 +237,7 @@ def main() -> None:
             "scaling.py",
             ["--duration", "3", "--rounds", "1", "--limit-duration", "3"]
             if args.quick
-            else ["--duration", duration, "--rounds", "2"],
+            else ["--duration", duration, "--rounds", rounds],
             "scaling.json",
         ),
     }

@@ -22,7 +22,7 @@ before wrk starts to the last decision's time kept in the bucket by Redis).
 
 Writes bench/results/scaling.json.
 
-    .venv/bin/python bench/scaling.py [--duration 10] [--connections 16] [--rounds 2]
+    .venv/bin/python bench/scaling.py [--duration 10] [--connections 16] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating runs; medians kept")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs; medians kept")
     parser.add_argument("--limit-duration", type=int, default=10)
     parser.add_argument("--capacity", type=int, default=50, help="bucket of the limits check")
     parser.add_argument("--refill", type=float, default=20.0, help="tokens/s, limits check")
@@ -156,11 +156,12 @@ def main() -> None:
         load(urls, headers, args.connections, args.warmup, pids)
 
         runs: dict[str, list[dict[str, Any]]] = {"1 replica": [], "2 replicas": []}
-        for _ in range(args.rounds):
-            runs["1 replica"].append(
-                load(urls[:1], headers, args.connections, args.duration, pids[:1])[0]
-            )
-            runs["2 replicas"].append(load(urls, headers, args.connections, args.duration, pids)[0])
+        # Alternate which goes first, so a change in other load falls on both alike.
+        for round_no in range(args.rounds):
+            for n in (1, 2) if round_no % 2 == 0 else (2, 1):
+                runs["1 replica" if n == 1 else "2 replicas"].append(
+                    load(urls[:n], headers, args.connections, args.duration, pids[:n])[0]
+                )
         results = {name: medians(rs) for name, rs in runs.items()}
         for name, r in results.items():
             print(
