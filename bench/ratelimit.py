@@ -1,9 +1,8 @@
 """The rate limiter: decisions per second against one Redis, and the exactness bound.
 
 `bastion_tools.ratelimit.RateLimiter.take` is the tools server's one Redis round trip
-per call (denylist check + token bucket, one Lua script; decisions asked for in the same
-event-loop turn share a pipeline). Here it runs alone, without HTTP, against a private
-redis-server pinned to CPU 1:
+per call (denylist check + token bucket, one Lua script). Here it runs alone, without
+HTTP, against a private redis-server pinned to CPU 1:
 
 - throughput: N asyncio tasks in one worker process (pinned to CPU 0) call `take` in a
   loop, each on its own principal's bucket (never empty) and with a denylist key, as a
@@ -12,9 +11,9 @@ redis-server pinned to CPU 1:
   `take`, the client's and redis-server's CPU per decision and how busy Redis was;
 - exactness: 64 clients take from ONE principal's bucket (small capacity and refill) as
   fast as they can for `--exact-duration` s, in one process and spread over two. The
-  token bucket promises allowed <= capacity + refill x elapsed, where elapsed runs from
-  the first call sent to the last answer received (Redis' own clock, which the script
-  uses, sees a window no longer than that).
+  token bucket promises allowed <= capacity + refill x window, where the window runs
+  from the first call sent (no decision can be earlier) to the last decision, whose
+  Redis time the bucket itself keeps (`ts`); both clocks are this machine's.
 
 Writes bench/results/ratelimit.json.
 
