@@ -60,8 +60,8 @@ from bastion_tools.store import principal_bucket_key
 
 NOTE = (
     "2 cores: both replicas share CPU 0 (wrk and Redis on CPU 1), so total calls/s cannot "
-    "grow with a second replica here; what is shown is that CPU cost per call stays flat "
-    "and the limits stay exact across replicas."
+    "grow with a second replica here; what this run shows is whether the CPU cost per call "
+    "stays flat and whether the limits stay exact across replicas."
 )
 _OK_POSTS = re.compile(
     r'^bastion_http_requests_total\{[^}]*method="POST"[^}]*status="200"[^}]*\}\s+(\S+)$', re.M
@@ -69,9 +69,19 @@ _OK_POSTS = re.compile(
 
 
 def ok_posts(port: int) -> int:
-    """POSTs answered 200 by one replica so far (its own Prometheus counter)."""
-    text = httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return int(sum(float(value) for value in _OK_POSTS.findall(text)))
+    """POSTs answered 200 by one replica so far (its own Prometheus counter), once the
+    replica has finished what earlier load left behind: wrk abandons the calls in flight
+    at its deadline, and the server still answers (and counts) them."""
+
+    def read() -> int:
+        text = httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        return int(sum(float(value) for value in _OK_POSTS.findall(text)))
+
+    previous, current = -1, read()
+    while current != previous:
+        time.sleep(0.5)
+        previous, current = current, read()
+    return current
 
 
 def combine(runs: Sequence[dict[str, Any]], cpu_s: float) -> dict[str, Any]:
@@ -177,7 +187,6 @@ def main() -> None:
         started_at = time.time()
         _, limit_runs = load(urls, limited, args.connections, args.limit_duration, pids,
                              statuses=True)  # fmt: skip
-        time.sleep(0.5)  # requests wrk abandoned at its deadline finish on the server
         served = [ok_posts(port) - b for port, b in zip(ports, before, strict=True)]
         with redis.Redis.from_url(redis_url) as client:
             last_decision = float(client.hget(principal_bucket_key(subject), "ts") or 0)
