@@ -24,38 +24,16 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
-import socket
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import Processes, free_port, write_result
 
-from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher  # noqa: E402
-from bastion_common.redis import create_redis  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
+from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher
+from bastion_common.redis import create_redis
 
 
 def make_event(n: int) -> AuditEvent:
@@ -66,43 +44,18 @@ def make_event(n: int) -> AuditEvent:
 
 
 class Pipeline:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.redis_port = free_port()
-        self.db = workdir / "audit.sqlite3"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.collector: subprocess.Popen[bytes] | None = None
+    def __init__(self, procs: Processes) -> None:
+        self.procs = procs
+        self.workdir = procs.workdir
+        self.db = procs.workdir / "audit.sqlite3"
+        self.redis_url = ""
         self._reader: sqlite3.Connection | None = None
         self._count = 0
         self._counted_to = 0
 
-    @property
-    def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
-
     def start_redis(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
-        self.procs.append(
-            subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(self.redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--dir",
-                    str(self.workdir),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-        )
-        wait_port(self.redis_port)
+        # AOF on, as deployed; not pinned (publisher, Redis and collector share both cores).
+        _, self.redis_url = self.procs.redis(cpu=None, appendonly=True)
 
     def start_collector(self) -> None:
         env = {
@@ -115,11 +68,7 @@ class Pipeline:
             "BASTION_SPOOL_DIR": str(self.workdir / "spool"),
             "LOG_LEVEL": "WARNING",
         }
-        self.collector = subprocess.Popen(
-            [sys.executable, "-m", "bastion_audit"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.procs.append(self.collector)
+        self.procs.start([sys.executable, "-m", "bastion_audit"], env=env)
 
     def stored(self) -> int:
         """Bench events stored so far, counted incrementally (a full COUNT(*) every few
@@ -147,12 +96,6 @@ class Pipeline:
                 raise RuntimeError(f"only {self.stored()} of {n} events stored")
             time.sleep(0.01)
         return time.perf_counter()
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=15)
 
 
 async def backlog(pipeline: Pipeline, n: int) -> dict[str, Any]:
@@ -263,17 +206,13 @@ async def steady(pipeline: Pipeline, rate: int, duration: float) -> dict[str, An
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="audit-bench-"))
-    pipeline = Pipeline(workdir)
-    try:
+    with Processes("audit-bench-") as procs:
+        pipeline = Pipeline(procs)
         pipeline.start_redis()
         result: dict[str, Any] = {"backlog": await backlog(pipeline, args.events)}
         result["burst"] = await burst(pipeline, args.events, args.events)
         result["steady"] = await steady(pipeline, args.rate, args.duration)
         return result
-    finally:
-        pipeline.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
@@ -286,9 +225,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         **asyncio.run(main_async(args)),
     }
-    out = ROOT / "bench" / "results" / "audit_pipeline.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("audit_pipeline", result)
     print(json.dumps(result, indent=2))  # noqa: T201
 
 

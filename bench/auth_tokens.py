@@ -23,16 +23,11 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 import secrets
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import httpx2
+from harness import SERVER_CPU, Processes, pin_self, write_result
 
 from bastion_auth.app import create_app
 from bastion_auth.deps import AuthContext
@@ -43,12 +38,6 @@ from bastion_common.logging import configure_logging
 ISSUER = "http://localhost:8001"
 TOOLS = "http://localhost:8003/mcp"
 REDIRECT = "http://127.0.0.1:53682/callback"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _pkce() -> tuple[str, str]:
@@ -147,30 +136,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--hashes", type=int, default=20)
     args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {0})
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed")
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        redis = subprocess.Popen(  # noqa: S603 - fixed argv
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
-            stdout=subprocess.DEVNULL,
+    pin_self(SERVER_CPU)
+    with Processes("auth-bench-") as procs:
+        _, redis_url = procs.redis()
+        results = asyncio.run(
+            _bench(redis_url, args.requests, args.hashes, str(procs.workdir / "spool"))
         )
-        try:
-            if os.cpu_count() and os.cpu_count() > 1 and hasattr(os, "sched_setaffinity"):  # type: ignore[operator]
-                os.sched_setaffinity(redis.pid, {1})
-            time.sleep(0.3)
-            results = asyncio.run(
-                _bench(f"redis://127.0.0.1:{port}/0", args.requests, args.hashes, tmp)
-            )
-        finally:
-            redis.terminate()
-            redis.wait(timeout=10)
-    results_dir = Path(__file__).parent / "results"
-    results_dir.mkdir(exist_ok=True)
-    (results_dir / "auth_tokens.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_result("auth_tokens", results)
     print(json.dumps(results, indent=2))  # noqa: T201
 
 

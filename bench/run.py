@@ -7,11 +7,16 @@ redis-server, load from wrk pinned to the other core):
   HTTP), and at 16 with one stateful session;
 - auth token endpoint (authorization_code and refresh_token grants, argon2id apart);
 - keys: API-key exchange and introspection;
-- audit: publish-to-stored throughput and lag under a steady 2,000 events/s.
+- audit: publish-to-stored throughput and lag under a steady 2,000 events/s;
+- rate limiter: decisions/s of `RateLimiter.take` against one Redis, and the exactness
+  bound with 64 clients on one bucket;
+- scaling: tool calls on 1 and 2 `tools` replicas sharing one Redis, and the limits
+  across replicas.
 
 Writes bench/results/latest.json (top-level `throughput_ratio`: secured/plain calls/s at
 16 connections), latest.md (the same as tables) and latest.png (tools latency, plain vs
-secured, per concurrency). `--quick` shortens every run (numbers are noisier).
+secured, p50/p95/p99, per concurrency). `--quick` shortens every run (numbers are
+noisier).
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ def run_step(script: str, args: list[str], output: str) -> dict[str, Any]:
     return data
 
 
+def _ms(run: dict[str, Any]) -> str:
+    return f"{run['p50_ms']:.2f} / {run['p95_ms']:.2f} / {run['p99_ms']:.2f}"
+
+
 def markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# MCP Bastion benchmarks",
@@ -51,23 +60,98 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "## Tool call: tools pipeline vs a plain mcp SDK server (get_weather)",
         "",
-        "| run | plain calls/s | secured calls/s | ratio | plain p50 / p99 ms |"
-        " secured p50 / p99 ms | pipeline CPU ms/call |",
+        "| run | plain calls/s | secured calls/s | ratio | plain p50 / p95 / p99 ms |"
+        " secured p50 / p95 / p99 ms | pipeline CPU ms/call |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, run in summary["tools"].items():
         plain, secured = run["plain"], run["secured"]
         lines.append(
             f"| {name} | {plain['calls_per_s']} | {secured['calls_per_s']} | "
-            f"{run['throughput_ratio']} | {plain['p50_ms']:.2f} / {plain['p99_ms']:.2f} | "
-            f"{secured['p50_ms']:.2f} / {secured['p99_ms']:.2f} | "
+            f"{run['throughput_ratio']} | {_ms(plain)} | {_ms(secured)} | "
             f"{run['pipeline_cpu_ms_per_call']} |"
         )
+    lines += _scaling(summary["scaling"]) + _ratelimit(summary["ratelimit"])
+    keys = summary["keys_exchange"]
+    lines += [
+        "",
+        f"## Keys service ({keys['connections']} connections)",
+        "",
+        "| endpoint | requests/s | p50 / p95 / p99 ms | server CPU ms/request | errors |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("exchange", "introspect"):
+        run = keys[name]
+        lines.append(
+            f"| {name} | {run['calls_per_s']} | {_ms(run)} | "
+            f"{run['server_cpu_ms_per_request']} | {run['errors']} |"
+        )
     lines += ["", "## Other services", "", "| benchmark | result |", "|---|---|"]
-    for name in ("auth_tokens", "keys_exchange", "audit_pipeline"):
+    for name in ("auth_tokens", "audit_pipeline"):
         for key, value in _flatten(summary[name]).items():
             lines.append(f"| {name}: {key} | {value} |")
     return "\n".join(lines) + "\n"
+
+
+def _scaling(scaling: dict[str, Any]) -> list[str]:
+    limits = scaling["limits"]
+    lines = [
+        "",
+        f"## Scaling: 1 and 2 tools replicas, one Redis ({scaling['connections']} connections"
+        " in all)",
+        "",
+        scaling["note"],
+        "",
+        "| replicas | calls/s | p50 / p95 / p99 ms | server CPU ms/call (all replicas) |",
+        "|---|---|---|---|",
+    ]
+    for name, run in scaling["replicas"].items():
+        lines.append(
+            f"| {name} | {run['calls_per_s']} | {_ms(run)} | {run['server_cpu_ms_per_call']} |"
+        )
+    lines += [
+        "",
+        f"CPU per call, 2 replicas / 1: {scaling['cpu_per_call_ratio']}.",
+        "",
+        "| limits across replicas | capacity | refill/s | window s | 200s (by replica) |"
+        " bound | exact |",
+        "|---|---|---|---|---|---|---|",
+        f"| one principal, both replicas | {limits['capacity']} | {limits['refill_per_s']} | "
+        f"{limits['window_s']} | {limits['allowed_200']} "
+        f"({' + '.join(map(str, limits['allowed_by_replica']))}) | {limits['bound']} | "
+        f"{'yes' if limits['exact'] else '**no**'} |",
+    ]
+    return lines
+
+
+def _ratelimit(ratelimit: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Rate limiter: RateLimiter.take against one Redis",
+        "",
+        "| processes x tasks | decisions/s | p50 / p95 / p99 ms | client CPU us/decision |"
+        " Redis CPU us/decision | Redis busy |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {run['processes']} x {run['tasks_per_process']} | {run['decisions_per_s']} | "
+        f"{_ms(run)} | {run['client_cpu_us_per_decision']} | "
+        f"{run['redis_cpu_us_per_decision']} | {run['redis_busy']:.0%} |"
+        for run in ratelimit["throughput"]
+    ]
+    lines += [
+        "",
+        "| exactness: clients on one bucket | capacity | refill/s | window s | decisions |"
+        " allowed | bound | exact |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {check['clients']} in {check['processes']} process(es) | {check['capacity']} | "
+        f"{check['refill_per_s']} | {check['window_s']} | {check['decisions']} | "
+        f"{check['allowed']} | {check['bound']} | {'yes' if check['exact'] else '**no**'} |"
+        for check in ratelimit["exactness"]
+    ]
+    return lines
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,15 +171,16 @@ def chart(tools: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(tools)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, stat in zip(axes, ("p50_ms", "p99_ms"), strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, stat in zip(axes, ("p50_ms", "p95_ms", "p99_ms"), strict=True):
         xs = range(len(names))
         ax.bar([x - 0.2 for x in xs], [tools[n]["plain"][stat] for n in names], 0.4,
                label="plain SDK")  # fmt: skip
         ax.bar([x + 0.2 for x in xs], [tools[n]["secured"][stat] for n in names], 0.4,
                label="tools pipeline")  # fmt: skip
         ax.set_xticks(list(xs), names, rotation=15)
-        ax.set_ylabel("ms")
+        ax.set_yscale("log")  # 1 and 64 connections differ by two orders of magnitude
+        ax.set_ylabel("ms (log scale)")
         ax.set_title(f"get_weather latency, {stat.removesuffix('_ms')}")
         ax.legend()
     fig.tight_layout()
@@ -142,6 +227,18 @@ def main() -> None:
             "audit_pipeline.py",
             ["--events", "20000"] if args.quick else [],
             "audit_pipeline.json",
+        ),
+        "ratelimit": run_step(
+            "ratelimit.py",
+            ["--duration", "2", "--exact-duration", "3"] if args.quick else [],
+            "ratelimit.json",
+        ),
+        "scaling": run_step(
+            "scaling.py",
+            ["--duration", "3", "--rounds", "1", "--limit-duration", "3"]
+            if args.quick
+            else ["--duration", duration, "--rounds", rounds],
+            "scaling.json",
         ),
     }
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
