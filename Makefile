@@ -71,7 +71,7 @@ lint: install
 	$(VENV)/bin/mypy $(SRC) deploy/runtime_lock.py
 
 unit: install
-	$(VENV)/bin/pytest $(wildcard $(addsuffix /tests,$(PACKAGES))) tests/deploy
+	$(VENV)/bin/pytest $(wildcard $(addsuffix /tests,$(PACKAGES))) tests/deploy bench/tests
 
 integration: install docker
 	BASE_IMAGE=$$(cat deploy/.base-image) $(VENV)/bin/pytest tests/integration

@@ -246,3 +246,37 @@ async def test_every_waiting_caller_is_refused_when_redis_is_gone() -> None:
     finally:
         await redis.aclose()
     assert all(isinstance(o, LimiterUnavailable) for o in outcomes), outcomes
+
+
+async def _redis_time(redis: Any) -> float:
+    seconds, micros = await redis.time()
+    return float(seconds) + micros / 1e6
+
+
+async def test_decisions_microseconds_apart_never_grant_more_than_the_bucket(
+    redis_url: str,
+) -> None:
+    """Regression: the script once stored its timestamp with Lua's tostring (100 us
+    resolution), so decisions closer together than that were credited refill that never
+    happened. Pipelined batches run scripts microseconds apart: the worst case."""
+    capacity, refill = 100, 50.0
+    redis = create_redis(redis_url)
+    try:
+        limiter = RateLimiter(redis)
+        allowed = 0
+        started = await _redis_time(redis)
+        deadline = time.monotonic() + 2.0
+
+        async def hammer() -> None:
+            nonlocal allowed
+            while time.monotonic() < deadline:
+                decision = await limiter.take("rl:sub:tight", capacity=capacity,
+                                              refill_per_second=refill)  # fmt: skip
+                allowed += decision.allowed
+
+        await asyncio.gather(*(hammer() for _ in range(64)))
+        ended = await _redis_time(redis)
+    finally:
+        await redis.aclose()
+    bound = capacity + refill * (ended - started)
+    assert capacity < allowed <= bound, (allowed, bound)

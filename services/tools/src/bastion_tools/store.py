@@ -49,6 +49,9 @@ def bucket_ttl_ms(capacity: int, refill_per_second: float) -> int:
 # KEYS[2] bucket key
 # ARGV capacity, refill per second, cost, ttl ms
 # Returns {status, remaining, retry_after}: status 1 allowed, 0 refused, -1 revoked.
+# Numbers are stored with string.format, never tostring: Lua's tostring keeps 14
+# significant digits, which rounds the timestamp to 100 us, and decisions closer together
+# than that (a pipelined batch) would each be credited refill that never happened.
 BUCKET_SCRIPT: Final = """
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
   return {-1, '0', '0'}
@@ -76,7 +79,8 @@ if tokens >= cost then
 else
   retry = (cost - tokens) / rate
 end
-redis.call('HSET', KEYS[2], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('HSET', KEYS[2], 'tokens', string.format('%.17g', tokens),
+  'ts', string.format('%.6f', now))
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {status, tostring(tokens), tostring(retry)}
+return {status, string.format('%.17g', tokens), string.format('%.17g', retry)}
 """
