@@ -176,10 +176,10 @@ local prev_until = math.min(now + overlap, expires)
 if overlap <= 0 then prev_until = now end
 -- The old secret's index entry stays until the key expires (its record says until when
 -- it is good), so a late use is still attributed to the key in the audit record.
-redis.call('HSET', KEYS[1], 'prev_hash', current, 'prev_until', tostring(prev_until))
+redis.call('HSET', KEYS[1], 'prev_hash', current, 'prev_until', string.format('%.6f', prev_until))
 redis.call('HSET', KEYS[1], 'hash', ARGV[2], 'rotated_at', ARGV[1])
 redis.call('SET', KEYS[2], ARGV[5], 'EXAT', math.ceil(expires))
-return {1, tostring(prev_until)}
+return {1, string.format('%.6f', prev_until)}
 """
 
 # Revoke: mark inactive, denylist the live exchanged tokens and announce the key id. The
