@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import secrets
 from collections.abc import AsyncIterator
 
@@ -89,7 +90,7 @@ async def test_a_starting_service_announces_itself_on_the_audit_stream(
         entries = await redis.xrange(AUDIT_STREAM)
     finally:
         await redis.aclose()
-    events = [AuditEvent.from_stream_fields(fields) for _id, fields in entries]
+    events = [e for _id, fields in entries for e in AuditEvent.all_from_stream_fields(fields)]
     assert [(e.type, e.service) for e in events] == [("service.started", "auth")]
 
 
@@ -160,3 +161,17 @@ def test_cached_label_children_count_into_the_same_series() -> None:
     assert cached("a") is metric.labels("a")
     assert metric.labels("a")._value.get() == 3
     assert metric.labels("b")._value.get() == 1
+
+
+@pytest.mark.anyio
+async def test_a_served_process_freezes_what_start_up_made(redis_url: str, tmp_path: str) -> None:
+    quiet, served = make_app(redis_url, str(tmp_path)), make_app(redis_url, str(tmp_path))
+    served.state.freeze_gc = True  # what run() sets before uvicorn starts
+    gc.unfreeze()
+    try:
+        async with quiet.router.lifespan_context(quiet):
+            assert gc.get_freeze_count() == 0
+        async with served.router.lifespan_context(served):
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

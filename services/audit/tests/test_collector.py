@@ -19,7 +19,7 @@ from services.audit.tests.helpers import PersistentRedis, event
 from bastion_audit.collector import DEAD_LETTER_STREAM, Collector
 from bastion_audit.signing import CheckpointSigner
 from bastion_audit.store import AuditStore
-from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher
+from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher, batch_fields
 from bastion_common.logging import REDACTED
 from bastion_common.redis import create_redis
 
@@ -87,7 +87,7 @@ async def test_events_arrive_exactly_once_across_a_restart_after_a_crash_before_
     await first.ensure_group()
     # Crash between storing and acknowledging: read and store a batch, never ack.
     reply: Any = await redis.xreadgroup(GROUP, "c1", {AUDIT_STREAM: ">"}, count=100)
-    stored_before_crash = [AuditEvent.from_stream_fields(f) for _, f in reply[0][1]]
+    stored_before_crash = [e for _, f in reply[0][1] for e in AuditEvent.all_from_stream_fields(f)]
     assert store.add_batch(stored_before_crash) == 100
     assert await pending(redis) == 100
     # Restart under the same name: the pending batch is read again and not stored twice.
@@ -250,8 +250,8 @@ async def test_trimming_drops_only_entries_every_group_has_acknowledged(
     await redis.xgroup_create(AUDIT_STREAM, "slow-reader", id="$")
     await xadd_all(redis, [event(n=i) for i in range(3010, 3020)])
     await collector(redis, store).trim()
-    remaining = [AuditEvent.from_stream_fields(f).details["n"] for _, f in
-                 await redis.xrange(AUDIT_STREAM)]  # fmt: skip
+    remaining = [e.details["n"] for _, f in await redis.xrange(AUDIT_STREAM)
+                 for e in AuditEvent.all_from_stream_fields(f)]  # fmt: skip
     assert len(remaining) < 3020
     # Everything the audit group has not stored, and everything the slow group has not
     # read, is still there.
@@ -285,3 +285,43 @@ async def test_a_store_that_cannot_write_holds_the_events_until_it_can(
     finally:
         blocker.close()
         store.close()
+
+
+@pytest.mark.anyio
+async def test_a_batch_entry_is_stored_event_by_event_and_a_bad_one_is_dead_lettered(
+    redis: Redis, store: AuditStore
+) -> None:
+    good = [event(n=i).model_dump_json() for i in range(3)]
+    bad = json.dumps(event(n=99).model_dump(mode="json") | {"outcome": "maybe"})
+    await redis.xadd(AUDIT_STREAM, batch_fields(good))  # type: ignore[arg-type]
+    await redis.xadd(AUDIT_STREAM, batch_fields([good[0], bad, event(n=3).model_dump_json()]))  # type: ignore[arg-type]
+    await redis.xadd(AUDIT_STREAM, {"v": "1", "events": '{"not": "a list"}'})
+    async with running(collector(redis, store)):
+        await wait_stored(store, 4)
+        with anyio.fail_after(5):
+            while await redis.xlen(DEAD_LETTER_STREAM) < 2 or await pending(redis):
+                await anyio.sleep(0.02)
+    # Stored once each (the repeated good[0] is the same event id), the bad one kept aside.
+    assert sorted(numbers(store)) == [0, 1, 2, 3]
+    reasons = [fields[b"reason"].decode() for _, fields in await redis.xrange(DEAD_LETTER_STREAM)]
+    assert reasons[0].startswith("event 1 of the batch: invalid event: outcome")
+    assert reasons[1] == "invalid event"
+
+
+@pytest.mark.anyio
+async def test_events_flushed_together_share_one_stream_entry_in_order(
+    redis: Redis, tmp_path: Path
+) -> None:
+    publisher = AuditPublisher(redis, tmp_path / "spool.jsonl", entry_size=4)
+    await publisher.start()
+    try:
+        for n in range(10):
+            publisher.emit(event(n=n))
+        await publisher.drain()
+    finally:
+        await publisher.close()
+    entries = await redis.xrange(AUDIT_STREAM)
+    per_entry = [len(AuditEvent.all_from_stream_fields(f)) for _, f in entries]
+    assert per_entry == [4, 4, 2]  # one batch of 10, cut into entries of at most 4
+    flat = [e.details["n"] for _, f in entries for e in AuditEvent.all_from_stream_fields(f)]
+    assert flat == list(range(10))

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from bastion_auth.app import create_app
 from bastion_auth.deps import AuthContext
 from bastion_auth.settings import Settings
+from bastion_common.audit import AuditEvent
 
 ISSUER = "http://localhost:8001"
 TOOLS = "http://localhost:8003/mcp"
@@ -175,9 +176,10 @@ class Harness:
             while True:
                 found = []
                 for _id, fields in await self.redis.xrange("audit:events"):
-                    event = json.loads(fields[b"event"])
-                    if event["type"] == type_:
-                        found.append(event)
+                    for parsed in AuditEvent.all_from_stream_fields(fields):
+                        event = json.loads(parsed.model_dump_json())
+                        if event["type"] == type_:
+                            found.append(event)
                 if len(found) >= count:
                     return found
                 await anyio.sleep(0.05)

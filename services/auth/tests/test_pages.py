@@ -120,7 +120,13 @@ async def _login(h: Harness, username: str, password: str) -> int:
 async def _all(h: Harness) -> list[dict]:  # type: ignore[type-arg]
     import json
 
-    return [json.loads(f[b"event"]) for _i, f in await h.redis.xrange("audit:events")]
+    from bastion_common.audit import AuditEvent
+
+    return [
+        json.loads(e.model_dump_json())
+        for _i, f in await h.redis.xrange("audit:events")
+        for e in AuditEvent.all_from_stream_fields(f)
+    ]
 
 
 @pytest.mark.anyio

