@@ -165,7 +165,7 @@ class AuditEvent(BaseModel):
         request_id = request_id_var.get()
         return cls.model_construct(
             schema_version=SCHEMA_VERSION,
-            id=uuid.uuid4().hex,
+            id=os.urandom(16).hex(),  # same shape as uuid4().hex, a fifth of the cost
             time=_now(),
             type=type_,
             service=service[:32],
