@@ -627,6 +627,92 @@ async def test_brute_force_locks_the_account_without_revealing_it_exists(
     )
 
 
+SPRAY_CLIENT = """
+import json, socket, sys, urllib.error, urllib.parse, urllib.request, http.cookiejar
+from html.parser import HTMLParser
+authorize_url, password = sys.argv[1], sys.argv[2]
+attempts = [(name, password) for name in sys.argv[3].split(",")] + [tuple(sys.argv[4:6])]
+class Form(HTMLParser):
+    def __init__(self):
+        super().__init__(); self.action = None; self.inputs = {}
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "form" and self.action is None:
+            self.action = a.get("action") or ""
+        elif tag == "input" and a.get("name"):
+            self.inputs[a["name"]] = a.get("value") or ""
+def fetch(opener, url, data=None):
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    try:
+        with opener.open(urllib.request.Request(url, body), timeout=20) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+results = []
+for username, password in attempts:
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(
+        http.cookiejar.CookieJar()))
+    status, page = fetch(opener, authorize_url)
+    form = Form(); form.feed(page)
+    data = dict(form.inputs, username=username, password=password)
+    status, page = fetch(opener, urllib.parse.urljoin(authorize_url, form.action), data)
+    results.append([username, status, "consent" in page.lower() and "decision" in page])
+print(json.dumps({"ip": socket.gethostbyname(socket.gethostname()), "results": results}))
+"""
+
+
+async def test_password_spraying_from_one_address_locks_that_address_only(
+    stack: Stack, audit: AuditApi
+) -> None:
+    """One password tried against many accounts from one address (a container on the
+    stack's network, so the lock does not fall on the test host): after the per-IP
+    limit (AUTH_IP_FAILURE_LIMIT, 50) even a real account's right password is refused
+    from there (429, the same generic page), while the same login from another address
+    still works. The lock and every failure are audited with the sprayer's address."""
+    since = now()
+    victim, victim_password = await create_user(stack, "guest")
+    attacker = await OAuthClient.register(stack.urls["auth"], "sprayer")
+    url = attacker.authorize_url(resource=tools_uri(stack), scope="weather:read",
+                                 challenge=pkce_pair()[1], state="spray")  # fmt: skip
+    internal = url.replace(stack.urls["auth"], "http://auth:8000")
+    sprayed = [f"spray-{i}-{secrets.token_hex(2)}" for i in range(52)]
+    image = f"mcp-bastion/app:{stack.env['IMAGE_TAG']}"
+    # 52 accounts with one password, then the victim's right password: one address.
+    run = subprocess.run(  # noqa: S603 - fixed argv
+        ["docker", "run", "--rm", "--network", f"{stack.project}_default", "--read-only",
+         "--cap-drop", "ALL", image, "python", "-c", SPRAY_CLIENT, internal,
+         "Winter2026!", ",".join([victim, *sprayed]), victim, victim_password],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    results = out["results"]
+    statuses = [status for _user, status, _ok in results]
+    assert not any(ok for _user, _status, ok in results)
+    # 50 wrong passwords (401), then the address is blocked (429, the same generic page),
+    # the victim's right password included.
+    assert statuses[:50] == [401] * 50
+    assert set(statuses[50:]) == {429}
+    assert results[-1][0] == victim
+    locks = await audit.wait_for(
+        "auth.lockout", since=since, outcome="denied", where=lambda e: e["ip"] == out["ip"]
+    )
+    assert any(e["details"].get("scope") == "ip" for e in locks)
+    failures = await audit.wait_for(
+        "auth.login", since=since, outcome="failure", count=50,
+        where=lambda e: e["ip"] == out["ip"],
+    )  # fmt: skip
+    assert len({e["principal"] for e in failures}) >= 50  # many accounts, one address
+    await audit.wait_for(  # the right password, refused at the locked address
+        "auth.login", since=since, outcome="denied", principal=victim,
+        where=lambda e: e["ip"] == out["ip"],
+    )  # fmt: skip
+    # The right password from elsewhere (the test host) still signs the victim in.
+    token = await attacker.token(victim, victim_password, resource=tools_uri(stack),
+                                 scope="weather:read")  # fmt: skip
+    assert token["access_token"]
+
+
 # --- client registration -----------------------------------------------------------------
 
 
