@@ -201,6 +201,26 @@ async def test_the_sdk_client_refreshes_an_expired_access_token_and_keeps_callin
     issued = await audit.events("token.issued", since=since, principal=admin(stack)[0])
     assert len([e for e in issued if e["client_id"] == client_id]) == 1  # one login only
 
+    # The replaced access token, once past its expiry and the 30 s of allowed clock
+    # skew, is refused at tools (and the refusal audited), though nobody revoked it.
+    rid = secrets.token_hex(16)
+    expires = _unverified_claims(old.access_token)["exp"]
+    await anyio.sleep(max(0.0, expires + 31 - time.time()))
+    async with httpx2.AsyncClient(timeout=10) as http:
+        late = await http.post(
+            mcp_url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"Authorization": f"Bearer {old.access_token}", "X-Request-ID": rid,
+                     "Accept": "application/json, text/event-stream"},
+        )  # fmt: skip
+    assert late.status_code == 401
+    assert 'error="invalid_token"' in late.headers["www-authenticate"]
+    assert late.json()["error_description"] == "token expired"
+    (refused,) = await audit.wait_for(
+        "authn.failed", since=since, where=lambda e: e["request_id"] == rid
+    )
+    assert refused["details"]["reason"] == "token expired"
+
 
 async def revoke(stack: Stack, client_id: str, tokens: OAuthToken) -> None:
     """RFC 7009 at auth: the refresh token (its whole family) and the access token."""
