@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import httpx2
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bastion_common.audit import AUDIT_STREAM, AuditEvent
-from bastion_common.redis import create_redis
 from bastion_common.tokens import TokenValidator, TrustedIssuer
+from tests.audit_stream import audit_events as audit_events
+from tests.audit_stream import wait_for_event as wait_for_event
 
 AUTH_ISSUER = "http://localhost:8001"
 AUTH_INTERNAL = "http://auth.internal"
@@ -139,26 +138,3 @@ async def exchange(
 
 def random_key() -> str:
     return "mcp_" + secrets.token_urlsafe(32)
-
-
-async def audit_events(redis_url: str, type_: str | None = None) -> list[AuditEvent]:
-    redis = create_redis(redis_url)
-    try:
-        entries = await redis.xrange(AUDIT_STREAM)
-    finally:
-        await redis.aclose()
-    events = [e for _, fields in entries for e in AuditEvent.all_from_stream_fields(fields)]
-    return [e for e in events if type_ is None or e.type == type_]
-
-
-async def wait_for_event(redis_url: str, type_: str, **match: Any) -> AuditEvent:
-    """Poll the audit stream until an event of `type_` with these fields appears."""
-    with anyio.fail_after(5):
-        while True:
-            for event in await audit_events(redis_url, type_):
-                if all(
-                    getattr(event, k, None) == v or event.details.get(k) == v
-                    for k, v in match.items()
-                ):
-                    return event
-            await anyio.sleep(0.02)

@@ -29,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bastion_common.audit import AUDIT_STREAM, AuditEvent
-from bastion_common.redis import create_redis
+from tests.audit_stream import audit_events as audit_events
+from tests.audit_stream import wait_for_event as wait_for_event
 
 AUTH_ISSUER = "https://auth.test"
 KEYS_ISSUER = "https://keys.test"
@@ -260,29 +260,3 @@ async def call_tool(
 ) -> httpx2.Response:
     return await post(client, token, rpc("tools/call", {"name": name, "arguments": arguments}),
                       session=session)  # fmt: skip
-
-
-async def audit_events(redis_url: str, type_: str | None = None) -> list[AuditEvent]:
-    """Audit events in the stream (after the publisher has flushed)."""
-    redis = create_redis(redis_url)
-    try:
-        entries = await redis.xrange(AUDIT_STREAM)
-    finally:
-        await redis.aclose()
-    events = [e for _, fields in entries for e in AuditEvent.all_from_stream_fields(fields)]
-    return [e for e in events if type_ is None or e.type == type_]
-
-
-async def wait_for_event(redis_url: str, type_: str, **match: Any) -> AuditEvent:
-    """Poll the audit stream until an event of `type_` with the given fields appears."""
-    import anyio
-
-    with anyio.fail_after(5):
-        while True:
-            for event in await audit_events(redis_url, type_):
-                if all(
-                    getattr(event, k, None) == v or event.details.get(k) == v
-                    for k, v in match.items()
-                ):
-                    return event
-            await anyio.sleep(0.02)
