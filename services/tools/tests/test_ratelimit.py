@@ -211,11 +211,72 @@ async def test_concurrent_decisions_share_one_round_trip_and_stay_exact(redis_ur
         after_rounds, after_decisions = _batches()
     finally:
         await redis.aclose()
-    assert after_rounds - rounds == 1  # one pipeline carried all 40
+    # The first finds the limiter idle and goes alone; the 39 that came while it was in
+    # flight go together as soon as it is answered.
+    assert after_rounds - rounds == 2
     assert after_decisions - decisions == 40
     assert sum(d.allowed for d in results) == 25  # and each decision is still exact
     refused = [d for d in results if not d.allowed]
     assert all(d.retry_after > 0 for d in refused)
+    assert [d.allowed for d in results] == [True] * 25 + [False] * 15  # in arrival order
+
+
+async def test_a_caller_that_goes_away_is_not_charged_and_blocks_nobody(redis_url: str) -> None:
+    tasks: dict[str, asyncio.Task[Any]] = {}
+
+    class CancelledWhenChosen(RateLimiter):
+        """Cancels `chosen` in the very turn it is picked to send the next batch."""
+
+        def _pass_on(self) -> None:
+            super()._pass_on()
+            chosen = tasks.get("chosen")
+            if chosen is not None and not chosen.done():
+                chosen.cancel()
+
+    redis = create_redis(redis_url)
+    try:
+        limiter = CancelledWhenChosen(redis)
+
+        def take(name: str) -> None:
+            tasks[name] = asyncio.create_task(
+                limiter.take("rl:sub:leaving", capacity=10, refill_per_second=1 / 60)
+            )
+
+        # `first` goes alone; the others wait behind it. `chosen` is picked to send the
+        # next batch and cancelled then, so `second` sends it; `gone` left while waiting.
+        for name in ("first", "chosen", "second", "gone", "last"):
+            take(name)
+        await asyncio.sleep(0)
+        tasks["gone"].cancel()
+        await tasks["first"]
+        decisions = await asyncio.wait_for(asyncio.gather(tasks["second"], tasks["last"]), 5)
+        after = await asyncio.wait_for(
+            limiter.take("rl:sub:leaving", capacity=10, refill_per_second=1 / 60), 5
+        )
+    finally:
+        await redis.aclose()
+    assert tasks["gone"].cancelled() and tasks["chosen"].cancelled()
+    assert all(d.allowed for d in decisions) and after.allowed
+    # first, second, last and after took a token each; those that left paid nothing.
+    assert math.floor(after.remaining) == 6
+
+
+async def test_a_bucket_that_cannot_be_read_fails_only_its_own_call(redis_url: str) -> None:
+    redis = create_redis(redis_url)
+    try:
+        await redis.set("rl:sub:clobbered", "not a bucket")
+        limiter = RateLimiter(redis)
+        outcomes = await asyncio.gather(
+            limiter.take("rl:sub:fine-1", capacity=5, refill_per_second=1.0),
+            limiter.take("rl:sub:fine-2", capacity=5, refill_per_second=1.0),
+            limiter.take("rl:sub:clobbered", capacity=5, refill_per_second=1.0),
+            limiter.take("rl:sub:fine-3", capacity=5, refill_per_second=1.0),
+            return_exceptions=True,
+        )
+    finally:
+        await redis.aclose()
+    assert isinstance(outcomes[2], LimiterUnavailable)  # fail closed for that caller
+    assert all(o.allowed for i, o in enumerate(outcomes) if i != 2), outcomes  # type: ignore[union-attr]
 
 
 async def test_decisions_survive_a_redis_that_lost_the_script(redis_url: str) -> None:

@@ -44,43 +44,58 @@ def bucket_ttl_ms(capacity: int, refill_per_second: float) -> int:
 
 
 # One round trip per call: refuse a revoked token, else take `cost` tokens from the bucket.
+# One invocation decides a batch of calls, each exactly as if it ran alone, in order: the
+# limiter sends the calls that queued while the previous batch was in flight together.
 # The clock is Redis' own (TIME), so replicas with skewed clocks share one bucket correctly.
-# KEYS[1] denylist key of the token's jti ("" to skip: API keys have no jti)
-# KEYS[2] bucket key
-# ARGV capacity, refill per second, cost, ttl ms
-# Returns {status, remaining, retry_after}: status 1 allowed, 0 refused, -1 revoked.
+# KEYS, two per call: the denylist key of the token's jti ("" to skip: API keys have no
+#   jti), then the bucket key
+# ARGV, four per call: capacity, refill per second, cost, ttl ms
+# Returns one {status, remaining, retry_after} per call: status 1 allowed, 0 refused,
+# -1 revoked, -2 the bucket key holds something else (that call fails closed; the others
+# in the batch are decided as usual).
 # Numbers are stored with string.format, never tostring: Lua's tostring keeps 14
 # significant digits, which rounds the timestamp to 100 us, and decisions closer together
-# than that (a pipelined batch) would each be credited refill that never happened.
+# than that would each be credited refill that never happened.
 BUCKET_SCRIPT: Final = """
-if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
-  return {-1, '0', '0'}
-end
-local capacity = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[2], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = capacity
-  ts = now
+
+local function decide(deny, bucket, capacity, rate, cost, ttl)
+  if deny ~= '' and redis.call('EXISTS', deny) == 1 then
+    return {-1, '0', '0'}
+  end
+  local state = redis.pcall('HMGET', bucket, 'tokens', 'ts')
+  if state.err then
+    return {-2, '0', '0'}
+  end
+  local tokens = tonumber(state[1])
+  local ts = tonumber(state[2])
+  if tokens == nil or ts == nil then
+    tokens = capacity
+    ts = now
+  end
+  local elapsed = now - ts
+  if elapsed < 0 then elapsed = 0 end
+  tokens = math.min(capacity, tokens + elapsed * rate)
+  local status = 0
+  local retry = 0
+  if tokens >= cost then
+    tokens = tokens - cost
+    status = 1
+  else
+    retry = (cost - tokens) / rate
+  end
+  redis.call('HSET', bucket, 'tokens', string.format('%.17g', tokens),
+    'ts', string.format('%.6f', now))
+  redis.call('PEXPIRE', bucket, ttl)
+  return {status, string.format('%.17g', tokens), string.format('%.17g', retry)}
 end
-local elapsed = now - ts
-if elapsed < 0 then elapsed = 0 end
-tokens = math.min(capacity, tokens + elapsed * rate)
-local status = 0
-local retry = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  status = 1
-else
-  retry = (cost - tokens) / rate
+
+local out = {}
+for i = 1, #KEYS / 2 do
+  local a = 4 * (i - 1)
+  out[i] = decide(KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+    tonumber(ARGV[a + 3]), ARGV[a + 4])
 end
-redis.call('HSET', KEYS[2], 'tokens', string.format('%.17g', tokens),
-  'ts', string.format('%.6f', now))
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {status, string.format('%.17g', tokens), string.format('%.17g', retry)}
+return out
 """
