@@ -131,6 +131,44 @@ def test_a_trusted_event_is_one_validation_would_accept() -> None:
     assert event.time.tzinfo is not None and len(event.id) == 32
 
 
+def test_a_trusted_json_line_is_the_json_of_the_trusted_event() -> None:
+    kwargs: dict[str, Any] = {
+        "principal": "p" * 300, "client_id": "c", "ip": "10.0.0.1", "tool": "t" * 80,
+        "details": {"token": "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", "n": 3, "ok": True,
+                 "arguments": {"city": "Oslo", "api_key": "mcp_" + "k" * 40}, "none": None},
+    }  # fmt: skip
+    token = request_id_var.set("req-8")
+    try:
+        line = AuditEvent.trusted_json("tool.called", "tools", "success", **kwargs)
+        model = AuditEvent.trusted("tool.called", "tools", "success", **kwargs)
+    finally:
+        request_id_var.reset(token)
+    parsed = AuditEvent.model_validate_json(line)  # what the collector accepts
+    # Same JSON as the model's but for the two fields made fresh for each event.
+    fresh = {"id": parsed.id, "time": parsed.time}
+    assert line == model.model_copy(update=fresh).model_dump_json()
+    assert (
+        parsed.details["token"] == REDACTED and parsed.details["arguments"]["api_key"] == REDACTED
+    )
+    assert parsed.request_id == "req-8" and len(parsed.principal or "") == 256
+
+
+@pytest.mark.anyio
+async def test_a_json_line_is_published_like_an_event(redis: Redis, tmp_path: Path) -> None:
+    publisher = AuditPublisher(redis, tmp_path / "spool.jsonl")
+    await publisher.start()
+    try:
+        publisher.emit(_event(1))
+        publisher.emit(AuditEvent.trusted_json("tool.called", "tools", "success", details={"n": 2}))
+        publisher.emit(_event(3))
+        await _wait_for(redis, 3, publisher)
+    finally:
+        await publisher.close()
+    assert await _numbers(redis) == [1, 2, 3]
+
+
 def test_a_trusted_event_of_an_unknown_type_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown audit event type"):
         AuditEvent.trusted("tool.caled", "tools", "success")
+    with pytest.raises(ValueError, match="unknown audit event type"):
+        AuditEvent.trusted_json("tool.caled", "tools", "success")
