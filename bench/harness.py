@@ -264,7 +264,10 @@ def check_call(url: str, token: str | None, session: str | None = None) -> None:
 
 # -- wrk ------------------------------------------------------------------------------
 
-# Request from the environment; `done` prints one WRK_JSON line. With BENCH_STATUSES=1
+# Request from the environment; `done` prints one WRK_JSON line. BENCH_SESSIONS (comma
+# separated, one per wrk thread) gives each thread's connections their own MCP session;
+# BENCH_UNIQUE_IDS=1 numbers each request's JSON-RPC id (a session's requests in flight
+# must not share one: the server routes answers by id). With BENCH_STATUSES=1
 # each thread also counts responses by status (a `response` hook costs wrk a little, so
 # only runs that need the count ask for it); with BENCH_QUANTILES=1 the line carries the
 # QUANTILE_GRID percentiles, for merging several wrk processes.
@@ -275,6 +278,21 @@ for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\n]+") do
   local name, value = string.match(line, "^([^:]+):%s*(.*)$")
   if name then wrk.headers[name] = value end
 end
+local sessions = {}
+for s in string.gmatch(os.getenv("BENCH_SESSIONS") or "", "[^,]+") do
+  table.insert(sessions, s)
+end
+function init(args)
+  if session ~= nil then wrk.headers["Mcp-Session-Id"] = session end
+end
+if os.getenv("BENCH_UNIQUE_IDS") == "1" then
+  local counter = 0
+  function request()
+    counter = counter + 1
+    local body = string.gsub(wrk.body, '"id": 1,', '"id": ' .. counter .. ',', 1)
+    return wrk.format(nil, nil, nil, body)
+  end
+end
 statuses = {}
 if os.getenv("BENCH_STATUSES") == "1" then
   function response(status, headers, body)
@@ -282,7 +300,10 @@ if os.getenv("BENCH_STATUSES") == "1" then
   end
 end
 local threads = {}
-function setup(thread) table.insert(threads, thread) end
+function setup(thread)
+  table.insert(threads, thread)
+  if #sessions > 0 then thread:set("session", sessions[#threads]) end
+end
 function done(summary, latency, requests)
   local e = summary.errors
   local out = string.format(
@@ -317,7 +338,9 @@ end
 
 @dataclass
 class Wrk:
-    """One wrk process (one thread, pinned to LOAD_CPU); `start` it, then `result`."""
+    """One wrk process (pinned to LOAD_CPU); `start` it, then `result`. One thread, or
+    one per session in `sessions` (each with `connections / len(sessions)` connections
+    in that session)."""
 
     url: str
     body: str
@@ -327,6 +350,8 @@ class Wrk:
     statuses: bool = False
     quantiles: bool = False
     cpu: int = LOAD_CPU
+    sessions: Sequence[str] = ()
+    unique_ids: bool = False
     _proc: subprocess.Popen[str] | None = None
     _script: Path | None = None
 
@@ -341,9 +366,12 @@ class Wrk:
             "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in self.headers.items()),
             "BENCH_STATUSES": "1" if self.statuses else "",
             "BENCH_QUANTILES": ",".join(str(q) for q in QUANTILE_GRID) if self.quantiles else "",
+            "BENCH_SESSIONS": ",".join(self.sessions),
+            "BENCH_UNIQUE_IDS": "1" if self.unique_ids or self.sessions else "",
         }
-        argv = ["wrk", "-t1", f"-c{self.connections}", f"-d{self.duration}s", "--timeout", "10s",
-                "-s", name, self.url]  # fmt: skip
+        threads = max(1, len(self.sessions))
+        argv = ["wrk", f"-t{threads}", f"-c{self.connections}", f"-d{self.duration}s",
+                "--timeout", "10s", "-s", name, self.url]  # fmt: skip
         self._proc = subprocess.Popen(
             pinned(argv, self.cpu), env=env, stdout=subprocess.PIPE, text=True
         )

@@ -4,7 +4,7 @@ Runs, one after the other (each script starts its own servers and a private
 redis-server, load from wrk pinned to the other core):
 
 - tools pipeline vs a plain `mcp` SDK server at 1, 16 and 64 connections (stateless
-  HTTP), and at 16 with one stateful session;
+  HTTP), and at 16 with a stateful session per connection;
 - auth token endpoint (authorization_code and refresh_token grants, argon2id apart);
 - keys: API-key exchange and introspection;
 - audit: publish-to-stored throughput and lag under a steady 2,000 events/s;

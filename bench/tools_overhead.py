@@ -7,8 +7,9 @@
   RBAC, argument validation, an audit event per call).
 
 Both run with the same transport settings (JSON responses; stateless HTTP by default,
-`--stateful` shares one session), as separate processes pinned to CPU 0; the load comes
-from `wrk` (C, one thread, 16 connections) pinned to CPU 1. The token is the same for
+`--stateful` gives each connection a session of its own, as 16 clients would have, and
+numbers every request), as separate processes pinned to CPU 0; the load comes from `wrk`
+(C, 16 connections) pinned to CPU 1. The token is the same for
 every call, so its signature is verified once and then served from the cache, as for a
 real client. The two servers are measured alternately (`--rounds`, medians kept) so that
 other load on the machine falls on both alike. Output: calls/s, p50/p95/p99 and the server
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs; medians kept")
-    parser.add_argument("--stateful", action="store_true", help="one shared session per server")
+    parser.add_argument("--stateful", action="store_true", help="one session per connection")
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the secured server")
     parser.add_argument(
         "--profile", metavar="DIR", help="py-spy both servers in the last round (raw stacks to DIR)"
@@ -119,16 +120,23 @@ def main() -> None:
         wait_port(plain_port)
         wait_port(secure_port)
 
+        def load(name: str, url: str, duration: float) -> Wrk:
+            return Wrk(url, WEATHER_CALL, headers[name], args.connections, duration,
+                       sessions=sessions[name])  # fmt: skip
+
         targets = {
             "plain": (f"http://127.0.0.1:{plain_port}/mcp", None, plain_proc.pid),
             "secured": (f"{public_url}/mcp", token, secure_proc.pid),
         }
         headers: dict[str, dict[str, str]] = {}
+        sessions: dict[str, list[str]] = {}
         for name, (url, bearer, _pid) in targets.items():
-            session = None if stateless else open_session(url, bearer)
-            check_call(url, bearer, session)
-            headers[name] = mcp_headers(bearer, session)
-            Wrk(url, WEATHER_CALL, headers[name], args.connections, args.warmup).run()
+            sessions[name] = (
+                [] if stateless else [open_session(url, bearer) for _ in range(args.connections)]
+            )
+            check_call(url, bearer, sessions[name][0] if sessions[name] else None)
+            headers[name] = mcp_headers(bearer)
+            load(name, url, args.warmup).run()
         # Alternate the two servers so that load from anything else on the machine
         # falls on both alike; keep the median of each figure.
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
@@ -143,7 +151,7 @@ def main() -> None:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )  # fmt: skip
                 cpu_before = cpu_seconds(pid)
-                run = Wrk(url, WEATHER_CALL, headers[name], args.connections, args.duration).run()
+                run = load(name, url, args.duration).run()
                 if spy is not None:
                     spy.wait(timeout=args.duration + 30)
                 run["server_cpu_ms_per_call"] = round(
@@ -167,7 +175,7 @@ def main() -> None:
     summary = {
         "connections": args.connections,
         "duration_s": args.duration,
-        "mode": "stateless" if stateless else "stateful (one session)",
+        "mode": "stateless" if stateless else "stateful (one session per connection)",
         "secured_log_level": args.log_level,
         "plain": plain,
         "secured": secured,
