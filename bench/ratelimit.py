@@ -204,9 +204,13 @@ def worker(spec_json: str) -> None:
             await asyncio.gather(*(redis.ping() for _ in range(spec["tasks"])))
             print("ready", flush=True)
             start_at = float(await asyncio.to_thread(sys.stdin.readline))
-            return await hammer(RateLimiter(redis), spec["tasks"], start_at, spec["duration"],
-                                shared_bucket=spec["shared_bucket"], capacity=spec["capacity"],
-                                refill=spec["refill"])  # fmt: skip
+            limiter = RateLimiter(redis)
+            try:
+                return await hammer(limiter, spec["tasks"], start_at, spec["duration"],
+                                    shared_bucket=spec["shared_bucket"],
+                                    capacity=spec["capacity"], refill=spec["refill"])  # fmt: skip
+            finally:
+                await limiter.aclose()
         finally:
             await redis.aclose()
 

@@ -5,6 +5,7 @@ of authentication, and one Redis round trip per call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -210,6 +211,7 @@ async def test_concurrent_decisions_share_one_round_trip_and_stay_exact(redis_ur
         )  # fmt: skip
         after_rounds, after_decisions = _batches()
     finally:
+        await limiter.aclose()
         await redis.aclose()
     # The first finds the limiter idle and goes alone; the 39 that came while it was in
     # flight go together as soon as it is answered.
@@ -254,6 +256,7 @@ async def test_a_caller_that_goes_away_is_not_charged_and_blocks_nobody(redis_ur
             limiter.take("rl:sub:leaving", capacity=10, refill_per_second=1 / 60), 5
         )
     finally:
+        await limiter.aclose()
         await redis.aclose()
     assert tasks["gone"].cancelled() and tasks["chosen"].cancelled()
     assert all(d.allowed for d in decisions) and after.allowed
@@ -274,6 +277,7 @@ async def test_a_bucket_that_cannot_be_read_fails_only_its_own_call(redis_url: s
             return_exceptions=True,
         )
     finally:
+        await limiter.aclose()
         await redis.aclose()
     assert isinstance(outcomes[2], LimiterUnavailable)  # fail closed for that caller
     assert all(o.allowed for i, o in enumerate(outcomes) if i != 2), outcomes  # type: ignore[union-attr]
@@ -290,6 +294,7 @@ async def test_decisions_survive_a_redis_that_lost_the_script(redis_url: str) ->
             limiter.take("rl:sub:flushed", capacity=5, refill_per_second=1.0, cost=10),
         )
     finally:
+        await limiter.aclose()
         await redis.aclose()
     assert first.allowed and second.allowed
     assert not third.allowed and third.retry_after > 0
@@ -305,6 +310,7 @@ async def test_every_waiting_caller_is_refused_when_redis_is_gone() -> None:
             return_exceptions=True,
         )
     finally:
+        await limiter.aclose()
         await redis.aclose()
     assert all(isinstance(o, LimiterUnavailable) for o in outcomes), outcomes
 
@@ -338,6 +344,46 @@ async def test_decisions_microseconds_apart_never_grant_more_than_the_bucket(
         await asyncio.gather(*(hammer() for _ in range(64)))
         ended = await _redis_time(redis)
     finally:
+        await limiter.aclose()
         await redis.aclose()
     bound = capacity + refill * (ended - started)
     assert capacity < allowed <= bound, (allowed, bound)
+
+
+async def test_a_decision_cancelled_in_flight_never_answers_another(redis_url: str) -> None:
+    redis = create_redis(redis_url)
+    limiter = RateLimiter(redis)
+    try:
+        await limiter.take("rl:sub:warm", capacity=5, refill_per_second=1.0)  # connected
+        for _ in range(20):
+            doomed = asyncio.create_task(
+                limiter.take("rl:sub:doomed", capacity=1000, refill_per_second=1.0)
+            )
+            for _ in range(3):  # sent, and waiting for its answer
+                await asyncio.sleep(0)
+            doomed.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LimiterUnavailable):
+                await doomed
+            own = await asyncio.wait_for(
+                limiter.take("rl:sub:own", capacity=100, refill_per_second=1 / 60), 5
+            )
+            # An answer left over from the cancelled call would say ~999 remaining.
+            assert own.allowed and 50 < own.remaining < 100, own
+    finally:
+        await limiter.aclose()
+        await redis.aclose()
+
+
+async def test_a_dropped_connection_is_reopened_without_refusing_the_call(redis_url: str) -> None:
+    redis = create_redis(redis_url)
+    limiter = RateLimiter(redis)
+    try:
+        first = await limiter.take("rl:sub:dropped", capacity=5, refill_per_second=1 / 60)
+        killed = await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        second = await limiter.take("rl:sub:dropped", capacity=5, refill_per_second=1 / 60)
+    finally:
+        await limiter.aclose()
+        await redis.aclose()
+    assert killed >= 1  # the limiter's own connection was among them
+    assert first.allowed and second.allowed
+    assert math.floor(second.remaining) == 3  # the same bucket, charged once per call

@@ -126,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
                 transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
             )
             manager = mcp.session_manager
+            limiter = RateLimiter(state.redis)
             state.extra.update(validator=validator, upstream=upstream, apikeys=apikeys,
                                catalog=catalog, mcp=mcp)  # fmt: skip
             try:
@@ -138,7 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
                     guard.bind(
                         manager.handle_request,
                         catalog,
-                        GuardDeps(validator, RateLimiter(state.redis), auditor, apikeys),
+                        GuardDeps(validator, limiter, auditor, apikeys),
                     )
                     try:
                         yield
@@ -149,6 +150,7 @@ def create_app(settings: Settings) -> FastAPI:
                 # Calls that finished while shutting down are recorded too: hand every
                 # held event over before the common lifespan closes the publisher.
                 auditor.flush()
+                await limiter.aclose()
 
     # The MCP endpoint is a hot route: served before FastAPI's middleware and router. The
     # Route below is only reached by near misses (`/mcp/` gets the usual redirect).
