@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx2
@@ -22,6 +23,8 @@ from services.tools.tests.helpers import (
 )
 
 from bastion_common.permissions import ROLE_PERMISSIONS, ROLES
+from bastion_tools.policy import ToolCallPolicy
+from bastion_tools.tools.catalog import PRINCIPAL_SCOPE_KEY
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +135,35 @@ async def test_the_modern_protocol_is_checked_the_same_way(
         assert not (await client.call_tool("get_weather", {"city": "Oslo"})).is_error
         with pytest.raises(MCPError):
             await client.call_tool("list_users", {})
+
+
+async def test_a_tool_call_that_reaches_the_server_without_a_principal_runs_nothing(
+    app_running: FastAPI,
+) -> None:
+    """Tools do not check the principal themselves: the policy is the one gate behind the
+    guard, so a call without one (the guard bypassed, or a forged scope value) stops there."""
+    catalog = app_running.state.bastion.extra["catalog"]
+    events: list[tuple[Any, ...]] = []
+
+    class Recorder:
+        def emit(self, *args: Any, **kwargs: Any) -> None:
+            events.append(args)
+
+    policy = ToolCallPolicy(catalog, Recorder())  # type: ignore[arg-type]
+    ran: list[Any] = []
+
+    async def tool(ctx: Any) -> dict[str, Any]:
+        ran.append(ctx)
+        return {}
+
+    for scope in ({}, {PRINCIPAL_SCOPE_KEY: "forged"}, {PRINCIPAL_SCOPE_KEY: {"sub": "x"}}):
+        for name, arguments in ARGUMENTS.items():
+            ctx = SimpleNamespace(
+                method="tools/call",
+                params={"name": name, "arguments": arguments},
+                request=SimpleNamespace(scope=scope),
+            )
+            with pytest.raises(MCPError) as refused:
+                await policy(ctx, tool)  # type: ignore[arg-type]
+            assert refused.value.code == -32001 and "not authenticated" in refused.value.message
+    assert ran == []

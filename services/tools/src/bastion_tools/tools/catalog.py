@@ -56,7 +56,10 @@ class ToolDeps:
 
 
 def principal_of(ctx: Context) -> Principal:
-    """The principal the guard authenticated for this HTTP request (set in the ASGI scope)."""
+    """The principal the guard authenticated for this HTTP request (set in the ASGI scope).
+
+    Only tools that use the principal take a `ctx`: `policy.ToolCallPolicy` refuses
+    every `tools/call` that arrives without one before any tool runs."""
     request = ctx.request_context.request
     principal = getattr(request, "scope", {}).get(PRINCIPAL_SCOPE_KEY)
     if not isinstance(principal, Principal):
@@ -129,9 +132,8 @@ def build_catalog(
     TimeRange = Literal["1h", "24h", "7d"]
 
     @_guarded
-    async def get_weather(city: City, ctx: Context) -> dict[str, Any]:
+    async def get_weather(city: City) -> dict[str, Any]:
         """Latest stored weather observation for a city."""
-        principal_of(ctx)
         observation = await deps.weather.latest(city)
         return {"city": city, "observation": observation}
 
@@ -147,35 +149,30 @@ def build_catalog(
         return await deps.weather.report(city, temperature_c, condition, principal.subject)
 
     @_guarded
-    async def list_files(ctx: Context, directory: DirPath = ".") -> dict[str, Any]:
+    async def list_files(directory: DirPath = ".") -> dict[str, Any]:
         """List files and directories inside the sandbox."""
-        principal_of(ctx)
         entries = await anyio.to_thread.run_sync(deps.sandbox.list, directory)
         return {"directory": directory or ".", "entries": entries}
 
     @_guarded
-    async def read_file(path: FilePath, ctx: Context) -> dict[str, Any]:
+    async def read_file(path: FilePath) -> dict[str, Any]:
         """Read a text file inside the sandbox."""
-        principal_of(ctx)
         content = await anyio.to_thread.run_sync(deps.sandbox.read, path)
         return {"path": path, "content": content}
 
     @_guarded
-    async def write_file(path: FilePath, content: Content, ctx: Context) -> dict[str, Any]:
+    async def write_file(path: FilePath, content: Content) -> dict[str, Any]:
         """Write a text file inside the sandbox (replaces an existing file atomically)."""
-        principal_of(ctx)
         return await anyio.to_thread.run_sync(deps.sandbox.write, path, content)
 
     @_guarded
-    async def delete_file(path: FilePath, ctx: Context) -> dict[str, Any]:
+    async def delete_file(path: FilePath) -> dict[str, Any]:
         """Delete a file inside the sandbox."""
-        principal_of(ctx)
         return await anyio.to_thread.run_sync(deps.sandbox.delete, path)
 
     @_guarded
-    async def list_users(ctx: Context) -> dict[str, Any]:
+    async def list_users() -> dict[str, Any]:
         """Users and their roles, from the authorization server."""
-        principal_of(ctx)
         body = await deps.upstream.request(
             "GET", f"{deps.auth_url}/admin/users", resource=deps.admin_resource,
             scope="admin:users", name="auth",
@@ -191,9 +188,8 @@ def build_catalog(
         return {"users": users}
 
     @_guarded
-    async def get_security_audit(time_range: TimeRange, ctx: Context) -> dict[str, Any]:
+    async def get_security_audit(time_range: TimeRange) -> dict[str, Any]:
         """The security report of the audit service for the last 1h, 24h or 7d."""
-        principal_of(ctx)
         report = await deps.upstream.request(
             "GET", f"{deps.audit_url}/v1/report", resource=deps.audit_resource,
             scope="metrics:view", name="audit", params={"range": time_range},
