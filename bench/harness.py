@@ -351,7 +351,6 @@ class Wrk:
     quantiles: bool = False
     cpu: int = LOAD_CPU
     sessions: Sequence[str] = ()
-    unique_ids: bool = False
     _proc: subprocess.Popen[str] | None = None
     _script: Path | None = None
 
@@ -367,7 +366,7 @@ class Wrk:
             "BENCH_STATUSES": "1" if self.statuses else "",
             "BENCH_QUANTILES": ",".join(str(q) for q in QUANTILE_GRID) if self.quantiles else "",
             "BENCH_SESSIONS": ",".join(self.sessions),
-            "BENCH_UNIQUE_IDS": "1" if self.unique_ids or self.sessions else "",
+            "BENCH_UNIQUE_IDS": "1" if self.sessions else "",
         }
         threads = max(1, len(self.sessions))
         argv = ["wrk", f"-t{threads}", f"-c{self.connections}", f"-d{self.duration}s",
