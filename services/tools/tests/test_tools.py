@@ -14,6 +14,8 @@ from services.tools.tests.helpers import (
     Upstreams,
     call_tool,
     open_session,
+    post,
+    rpc,
     serve,
     wait_for_event,
 )
@@ -86,6 +88,25 @@ async def test_invalid_arguments_get_invalid_params_naming_the_field_and_change_
     assert "<script>" not in error["message"]  # values are never echoed
     event = await wait_for_event(redis_url, "tool.invalid_params", principal="judy", tool=tool)
     assert field in event.details["fields"]
+    redis = create_redis(redis_url)
+    assert await redis.keys("weather:*") == []
+    await redis.aclose()
+
+
+@pytest.mark.parametrize("arguments", [["Oslo"], "Oslo", 7])
+async def test_arguments_that_are_not_an_object_get_invalid_params_and_run_nothing(
+    arguments: Any, tools: httpx2.AsyncClient, minter: Minter, redis_url: str
+) -> None:
+    token, session = await _session(tools, minter, sub="lena")
+    reply = await post(tools, token, rpc("tools/call", {"name": "report_weather",
+                                                        "arguments": arguments}),
+                       session=session)  # fmt: skip
+    error = reply.json()["error"]
+    assert error["code"] == -32602
+    assert "arguments: must be an object" in error["message"]
+    event = await wait_for_event(redis_url, "tool.invalid_params", principal="lena",
+                                 tool="report_weather")  # fmt: skip
+    assert event.details["fields"] == ["arguments"]
     redis = create_redis(redis_url)
     assert await redis.keys("weather:*") == []
     await redis.aclose()

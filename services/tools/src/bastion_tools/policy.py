@@ -1,10 +1,11 @@
 """The MCP half of the pipeline: a server middleware inside the SDK.
 
 For `tools/list` it shows a caller only the tools its scopes allow. For `tools/call`
-it checks the permission again (defence in depth: the guard already answered 403),
-validates the arguments against the tool's schema before anything runs (unknown
-fields too), answers invalid ones with JSON-RPC -32602 naming the fields (never echoing
-the values) and records every call with its outcome, latency and redacted arguments.
+it checks the permission again (defence in depth: the guard already answered 403) and
+records every call with its outcome, latency and redacted arguments. Arguments are
+checked once, by the tool's own `CheckedArguments` inside the SDK, before the tool runs;
+a call they fail is answered JSON-RPC -32602 naming the fields (never echoing the values)
+and recorded here as `tool.invalid_params`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult, ListToolsResult
+from mcp_types import CallToolResult, ListToolsResult
 from prometheus_client import Histogram
-from pydantic import ValidationError
 
 from bastion_common.audit import Outcome
 from bastion_common.http import LabelCache
 from bastion_common.tokens import Principal
 from bastion_tools.events import Auditor
-from bastion_tools.tools.catalog import PRINCIPAL_SCOPE_KEY, ToolSpec
+from bastion_tools.tools.catalog import PRINCIPAL_SCOPE_KEY, InvalidArguments, ToolSpec
 
 __all__ = ["ToolCallPolicy"]
 
@@ -38,21 +38,10 @@ TOOL_LATENCY = Histogram(
 _LATENCY = LabelCache(TOOL_LATENCY)
 
 
-def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "arguments", "problem": err["msg"]}
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
-
-
 class ToolCallPolicy:
     def __init__(self, catalog: dict[str, ToolSpec], auditor: Auditor) -> None:
         self._catalog = catalog
         self._auditor = auditor
-        self._known = {
-            name: frozenset(spec.tool.fn_metadata.arg_model.model_fields)
-            for name, spec in catalog.items()
-        }
 
     async def __call__(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
@@ -99,10 +88,14 @@ class ToolCallPolicy:
             self._auditor.emit("authz.denied", "denied", principal=principal, ip=ip, tool=spec.name,
                                required=[spec.permission])  # fmt: skip
             raise MCPError(code=-32003, message=f"this call needs {spec.permission}")
-        self._validate(spec, arguments, principal, ip)
         started = time.perf_counter()
         outcome: Outcome = "error"
+        ran = True  # False when the arguments were refused: the tool never ran
         try:
+            if not isinstance(arguments, dict):
+                raise InvalidArguments(
+                    spec.name, [{"field": "arguments", "problem": "must be an object"}]
+                )
             result = await call_next(ctx)
             is_error = (
                 result.is_error
@@ -111,41 +104,19 @@ class ToolCallPolicy:
             )
             outcome = "error" if is_error else "success"
             return result
-        finally:
-            elapsed = time.perf_counter() - started
-            _LATENCY(spec.name, outcome).observe(elapsed)
-            self._auditor.emit(
-                "tool.called", outcome, principal=principal, ip=ip, tool=spec.name,
-                arguments=arguments, latency_ms=round(elapsed * 1000, 3),
-            )  # fmt: skip
-
-    def _validate(
-        self, spec: ToolSpec, arguments: Any, principal: Principal, ip: str | None
-    ) -> None:
-        problems: list[dict[str, str]] = []
-        if not isinstance(arguments, dict):
-            problems = [{"field": "arguments", "problem": "must be an object"}]
-        else:
-            known = self._known[spec.name]
-            problems = [
-                {"field": str(key)[:64], "problem": "unknown argument"}
-                for key in arguments
-                if key not in known
-            ]
-            if not problems:
-                try:
-                    spec.tool.fn_metadata.validate_arguments(arguments)
-                except ValidationError as exc:
-                    problems = _field_errors(exc)
-        if problems:
-            fields = sorted({p["field"] for p in problems})
+        except InvalidArguments as invalid:
+            ran = False
             self._auditor.emit(
                 "tool.invalid_params", "failure", principal=principal, ip=ip, tool=spec.name,
-                arguments=arguments if isinstance(arguments, dict) else None, fields=fields,
+                arguments=arguments if isinstance(arguments, dict) else None,
+                fields=invalid.fields,
             )  # fmt: skip
-            raise MCPError(
-                code=INVALID_PARAMS,
-                message=f"invalid arguments for {spec.name}: "
-                + "; ".join(f"{p['field']}: {p['problem']}" for p in problems),
-                data={"tool": spec.name, "errors": problems},
-            )
+            raise
+        finally:
+            if ran:
+                elapsed = time.perf_counter() - started
+                _LATENCY(spec.name, outcome).observe(elapsed)
+                self._auditor.emit(
+                    "tool.called", outcome, principal=principal, ip=ip, tool=spec.name,
+                    arguments=arguments, latency_ms=round(elapsed * 1000, 3),
+                )  # fmt: skip

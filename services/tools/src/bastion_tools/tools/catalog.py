@@ -1,9 +1,12 @@
 """The tool catalogue: each tool with its permission, cost, argument schema and annotations.
 
 Argument schemas are the tools' signatures (pydantic `Annotated` types with bounds); the
-SDK turns them into the advertised JSON Schema and `guard.ToolCallPolicy` validates
-every call against the same model before the tool runs. Annotations tell clients the
-truth: readers are `readOnlyHint`, `write_file` and `delete_file` are `destructiveHint`.
+SDK turns them into the advertised JSON Schema and validates every call against the same
+model right before the tool runs, once. `CheckedArguments` makes that one check strict:
+unknown arguments are refused too, and any problem is JSON-RPC -32602 naming the fields,
+never their values (`InvalidArguments`, which `policy.ToolCallPolicy` records).
+Annotations tell clients the truth: readers are `readOnlyHint`, `write_file` and
+`delete_file` are `destructiveHint`.
 
 This module deliberately has no `from __future__ import annotations`: the SDK reads the
 signatures at registration, and the argument types are built from settings here.
@@ -18,8 +21,10 @@ import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
-from mcp_types import ToolAnnotations
-from pydantic import AfterValidator, Field, StringConstraints
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, ToolAnnotations
+from pydantic import AfterValidator, Field, StringConstraints, ValidationError
 
 from bastion_common.logging import get_logger
 from bastion_common.tokens import Principal
@@ -27,7 +32,15 @@ from bastion_tools.tools.sandbox import Sandbox, SandboxError, check_relative_pa
 from bastion_tools.tools.weather import WeatherStore
 from bastion_tools.upstream import Upstream, UpstreamError
 
-__all__ = ["PRINCIPAL_SCOPE_KEY", "ToolDeps", "ToolSpec", "build_catalog", "principal_of"]
+__all__ = [
+    "PRINCIPAL_SCOPE_KEY",
+    "CheckedArguments",
+    "InvalidArguments",
+    "ToolDeps",
+    "ToolSpec",
+    "build_catalog",
+    "principal_of",
+]
 
 log = get_logger(__name__)
 PRINCIPAL_SCOPE_KEY = "bastion.principal"
@@ -42,6 +55,59 @@ class ToolSpec:
     permission: str
     cost: int
     tool: Tool
+
+
+class InvalidArguments(MCPError):
+    """JSON-RPC -32602 for a tool's arguments: each field at fault and what is wrong with
+    it, never the value sent (it may be a secret, or file contents)."""
+
+    def __init__(self, tool: str, problems: list[dict[str, str]]) -> None:
+        self.tool = tool
+        self.fields = sorted({problem["field"] for problem in problems})
+        super().__init__(
+            code=INVALID_PARAMS,
+            message=f"invalid arguments for {tool}: "
+            + "; ".join(f"{p['field']}: {p['problem']}" for p in problems),
+            data={"tool": tool, "errors": problems},
+        )
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "arguments", "problem": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+class CheckedArguments(FuncMetadata):
+    """The SDK's argument check for one tool, made strict. The SDK runs it once per call,
+    right before the tool (`Tool.run`), and passes an `MCPError` through as the call's
+    JSON-RPC error; its own answer to bad arguments would be a tool result quoting
+    pydantic's text, values included."""
+
+    tool_name: str
+    known: frozenset[str]
+
+    @classmethod
+    def of(cls, tool: Tool) -> "CheckedArguments":
+        sdk = tool.fn_metadata
+        return cls(
+            arg_model=sdk.arg_model, output_schema=sdk.output_schema,
+            output_model=sdk.output_model, wrap_output=sdk.wrap_output,
+            tool_name=tool.name, known=frozenset(sdk.arg_model.model_fields),
+        )  # fmt: skip
+
+    def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        unknown = [key for key in arguments_to_validate if key not in self.known]
+        if unknown:
+            raise InvalidArguments(
+                self.tool_name,
+                [{"field": str(key)[:64], "problem": "unknown argument"} for key in unknown],
+            )
+        try:
+            return super().validate_arguments(arguments_to_validate)
+        except ValidationError as exc:
+            raise InvalidArguments(self.tool_name, _field_errors(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -214,6 +280,7 @@ def build_catalog(
     for fn, permission, annotations in table:
         name = fn.__name__
         tool = Tool.from_function(fn, name=name, annotations=annotations)
+        tool.fn_metadata = CheckedArguments.of(tool)
         catalog[name] = ToolSpec(name, permission, costs.get(name, 1), tool)
     return catalog
 
