@@ -4,6 +4,7 @@ and an `authn.failed` audit event; Origin/Host checks; issuer down; fail closed.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -33,8 +34,9 @@ from services.tools.tests.helpers import (
 )
 
 from bastion_common.redis import create_redis
-from bastion_common.tokens import denylist_key
+from bastion_common.tokens import Principal, denylist_key, token_fingerprint
 from bastion_tools.app import create_app
+from bastion_tools.guard import Guard
 from bastion_tools.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -360,3 +362,24 @@ async def test_an_oversized_body_or_batch_is_refused_unread_and_audited(
     too_large = await wait_for_event(redis_url, "request.invalid", reason="too_large")
     too_many = await wait_for_event(redis_url, "request.invalid", reason="batch")
     assert too_large.principal == too_many.principal == "stuffer"
+
+
+def test_a_token_whose_principal_changes_gets_a_new_plan(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The guard remembers what it derives from a token (limits, keys, session user) by
+    the token's hash, but only for the Principal it derived it from: an API key whose
+    roles changed in `keys` is limited by its new roles once its check is renewed."""
+    guard = Guard(make_settings())
+    token = "mcp_" + "k" * 40
+    first = Principal(subject="svc", issuer="https://keys.test", audience="https://tools.test/mcp",
+                      scopes=frozenset({"weather:read"}), token_id="key-1",
+                      expires_at=time.time() + 60, not_before=0, roles=("guest",))  # fmt: skip
+    again = guard._plan(first, token)
+    assert guard._plan(first, token) is again  # cached while the principal is the same
+    promoted = dataclasses.replace(first, roles=("admin",))
+    plan = guard._plan(promoted, token)
+    assert plan.principal is promoted and plan.capacity > again.capacity
+    assert plan.denylist_key == ""  # API keys are revoked in keys, not on the denylist
+    assert plan.user.access_token.token == token_fingerprint(token)
+    assert token not in repr(plan.user.access_token)

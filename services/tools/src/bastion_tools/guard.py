@@ -59,7 +59,7 @@ REFUSALS = Counter("bastion_tools_refusals_total", "MCP requests refused by the 
 _REFUSALS = LabelCache(REFUSALS)
 _MAX_BATCH = 32
 _MAX_BLOCKED_IPS = 100_000
-_MAX_USERS = 10_000
+_MAX_PLANS = 10_000
 
 
 @dataclass
@@ -152,6 +152,28 @@ class _Wanted:
 
 
 @dataclass(frozen=True, slots=True)
+class _Plan:
+    """What the guard derives from one principal, once while its token is valid: the
+    user the SDK binds sessions to, the limiter's keys and limits, and the RateLimit
+    headers that do not change from call to call."""
+
+    principal: Principal
+    user: AuthenticatedUser
+    bucket_key: str
+    denylist_key: str
+    capacity: int
+    refill_per_second: float
+    static_headers: tuple[tuple[bytes, bytes], ...]
+
+    def headers(self, decision: Decision) -> list[tuple[bytes, bytes]]:
+        return [
+            *self.static_headers,
+            (b"ratelimit-remaining", str(max(0, math.floor(decision.remaining))).encode()),
+            (b"ratelimit-reset", str(decision.reset_seconds).encode()),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
 class _Calls:
     """What a request body asks for: its cost and the tools it calls."""
 
@@ -170,7 +192,7 @@ class Guard:
         self.catalog: dict[str, ToolSpec] = {}
         self.deps: GuardDeps | None = None
         self._blocked: dict[str, float] = {}
-        self._users: dict[str, AuthenticatedUser] = {}
+        self._plans: dict[str, _Plan] = {}
 
     def bind(self, app: ASGIApp, catalog: dict[str, ToolSpec], deps: GuardDeps) -> None:
         """Attach what the lifespan opened; until then every request gets 503."""
@@ -238,7 +260,8 @@ class Guard:
             deps.auditor.emit("request.invalid", "failure", principal=principal, ip=ip,
                               reason=refusal.reason, status=refusal.status)  # fmt: skip
             raise
-        decision = await self._take(deps, principal, token, calls, ip)
+        plan = self._plan(principal, token)
+        decision = await self._take(deps, plan, calls, ip)
         if calls.unparsable:
             deps.auditor.emit("request.invalid", "failure", principal=principal, ip=ip,
                               reason="parse_error", status=400)  # fmt: skip
@@ -269,10 +292,10 @@ class Guard:
                 reason="insufficient_scope",
             )
 
-        scope["user"] = self._user(principal, token)
+        scope["user"] = plan.user
         scope[PRINCIPAL_SCOPE_KEY] = principal
         scope["bastion.ip"] = ip
-        extra = [(k.lower().encode(), v.encode()) for k, v in _ratelimit_headers(decision).items()]
+        extra = plan.headers(decision)
 
         session = headers.session
 
@@ -291,25 +314,44 @@ class Guard:
         downstream = _replay(body, receive) if scope["method"] == "POST" else receive
         await app(scope, downstream, send_with_limits)
 
-    def _user(self, principal: Principal, token: str) -> AuthenticatedUser:
-        """What the SDK binds sessions to; one per token, reused while it is valid."""
+    def _plan(self, principal: Principal, token: str) -> _Plan:
+        """The principal's plan, made on its token's first call. Validators hand back the
+        same Principal while a token's validation is cached, so a new one (an API key
+        whose roles changed, say) gets a new plan."""
         fingerprint = principal.fingerprint or token_fingerprint(token)
-        user = self._users.get(fingerprint)
-        if user is None:
-            if len(self._users) >= _MAX_USERS:
-                self._users.clear()
-            user = self._users[fingerprint] = AuthenticatedUser(
-                AccessToken(
-                    token=fingerprint,
-                    client_id=principal.client_id or principal.subject,
-                    scopes=sorted(principal.scopes),
-                    expires_at=int(principal.expires_at),
-                    resource=self.settings.resource_uri,
-                    subject=principal.subject,
-                    claims={"iss": principal.issuer},
-                )
+        plan = self._plans.get(fingerprint)
+        if plan is not None and plan.principal is principal:
+            return plan
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        capacity, refill = limits_for_roles(principal.roles, self.settings.rate_limits)
+        window = max(1, math.ceil(capacity / refill))
+        user = AuthenticatedUser(
+            AccessToken(
+                token=fingerprint,
+                client_id=principal.client_id or principal.subject,
+                scopes=sorted(principal.scopes),
+                expires_at=int(principal.expires_at),
+                resource=self.settings.resource_uri,
+                subject=principal.subject,
+                claims={"iss": principal.issuer},
             )
-        return user
+        )
+        # API keys are revoked in `keys`, not on the access-token denylist.
+        is_key = token.startswith(API_KEY_PREFIX)
+        plan = self._plans[fingerprint] = _Plan(
+            principal=principal,
+            user=user,
+            bucket_key=principal_bucket_key(principal.subject),
+            denylist_key="" if is_key else denylist_key(principal.token_id),
+            capacity=capacity,
+            refill_per_second=refill,
+            static_headers=(
+                (b"ratelimit-policy", f"{capacity};w={window}".encode()),
+                (b"ratelimit-limit", str(capacity).encode()),
+            ),
+        )
+        return plan
 
     async def _authenticate(
         self, deps: GuardDeps, headers: _Wanted, ip: str
@@ -418,18 +460,15 @@ class Guard:
             cost += 1
         return _Calls(max(1, cost), tuple(tools), first)
 
-    async def _take(
-        self, deps: GuardDeps, principal: Principal, token: str, calls: _Calls, ip: str
-    ) -> Decision:
-        capacity, refill = limits_for_roles(principal.roles, self.settings.rate_limits)
-        is_jwt = not token.startswith(API_KEY_PREFIX)
+    async def _take(self, deps: GuardDeps, plan: _Plan, calls: _Calls, ip: str) -> Decision:
+        principal = plan.principal
         try:
             decision = await deps.limiter.take(
-                principal_bucket_key(principal.subject),
-                capacity=capacity,
-                refill_per_second=refill,
+                plan.bucket_key,
+                capacity=plan.capacity,
+                refill_per_second=plan.refill_per_second,
                 cost=calls.cost,
-                denylist_key=denylist_key(principal.token_id) if is_jwt else "",
+                denylist_key=plan.denylist_key,
             )
         except LimiterUnavailable as exc:
             log.error("guard.state_unavailable", error=str(exc))
