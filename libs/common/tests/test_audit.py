@@ -3,6 +3,8 @@ order, new events queued behind the spool, a spool left by a closed process repl
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,12 @@ from redis.asyncio import Redis
 from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher
 from bastion_common.logging import REDACTED, request_id_var
 from bastion_common.redis import create_redis
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _event(n: int) -> AuditEvent:
@@ -149,6 +157,47 @@ async def test_a_json_line_is_published_like_an_event(redis: Redis, tmp_path: Pa
     finally:
         await publisher.close()
     assert await _numbers(redis) == [1, 2, 3]
+
+
+@pytest.mark.anyio
+async def test_lines_emitted_together_keep_their_place_among_single_events(
+    redis: Redis, tmp_path: Path
+) -> None:
+    def line(n: int) -> str:
+        return AuditEvent.trusted_json("tool.called", "tools", "success", details={"n": n})
+
+    publisher = AuditPublisher(redis, tmp_path / "spool.jsonl")
+    await publisher.start()
+    try:
+        publisher.emit(_event(1))
+        publisher.emit_many([line(2), line(3), line(4)])
+        publisher.emit_many([])
+        publisher.emit(_event(5))
+        publisher.emit_many([line(n) for n in range(6, 106)])  # more than one entry holds
+        await _wait_for(redis, 105, publisher)
+    finally:
+        await publisher.close()
+    assert await _numbers(redis) == list(range(1, 106))
+
+
+@pytest.mark.anyio
+async def test_lines_emitted_together_are_spooled_when_redis_is_gone(tmp_path: Path) -> None:
+    dead = create_redis(f"redis://127.0.0.1:{_free_port()}/0", timeout=0.3)
+    spool = tmp_path / "spool.jsonl"
+    publisher = AuditPublisher(dead, spool)
+    await publisher.start()
+    try:
+        lines = [
+            AuditEvent.trusted_json("tool.called", "tools", "success", details={"n": n})
+            for n in (1, 2)
+        ]
+        publisher.emit_many(lines)
+        await publisher.drain()
+    finally:
+        await publisher.close()
+        await dead.aclose()
+    spooled = [json.loads(row)["details"]["n"] for row in spool.read_text().splitlines()]
+    assert spooled == [1, 2]
 
 
 def test_a_trusted_event_of_an_unknown_type_is_refused() -> None:

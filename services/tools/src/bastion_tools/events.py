@@ -59,8 +59,7 @@ class Auditor:
             self._timer.cancel()
             self._timer = None
         held, self._held = self._held, []
-        for event in held:
-            self._publisher.emit(event)
+        self._publisher.emit_many(held)
 
     def emit(
         self,
