@@ -53,6 +53,34 @@ WEATHER_CALL = json.dumps(
 )
 
 
+# The same call in the 2026-07-28 protocol, which SDK 2.x clients speak first: no
+# handshake and no session, each request carries its envelope (`_meta`) and names its
+# method and tool in headers.
+MODERN_VERSION = "2026-07-28"
+MODERN_HEADERS = {
+    **MCP_HEADERS,
+    "MCP-Protocol-Version": MODERN_VERSION,
+    "Mcp-Method": "tools/call",
+    "Mcp-Name": "get_weather",
+}
+MODERN_WEATHER_CALL = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "get_weather",
+            "arguments": {"city": "Paris"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+            },
+        },
+    }  # fmt: skip
+)
+
+
 # -- processes ------------------------------------------------------------------------
 
 
@@ -227,8 +255,10 @@ def tools_env(
     }
 
 
-def mcp_headers(token: str | None = None, session: str | None = None) -> dict[str, str]:
-    headers = dict(MCP_HEADERS)
+def mcp_headers(
+    token: str | None = None, session: str | None = None, *, modern: bool = False
+) -> dict[str, str]:
+    headers = dict(MODERN_HEADERS if modern else MCP_HEADERS)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if session:
@@ -252,11 +282,15 @@ def open_session(url: str, token: str | None) -> str:
     return str(session)
 
 
-def check_call(url: str, token: str | None, session: str | None = None) -> None:
+def check_call(
+    url: str, token: str | None, session: str | None = None, *, modern: bool = False
+) -> None:
     """One get_weather call must succeed before a run measures anything."""
     import httpx2
 
-    reply = httpx2.post(url, content=WEATHER_CALL, headers=mcp_headers(token, session), timeout=10)
+    body = MODERN_WEATHER_CALL if modern else WEATHER_CALL
+    headers = mcp_headers(token, session, modern=modern)
+    reply = httpx2.post(url, content=body, headers=headers, timeout=10)
     result = reply.json().get("result", {}) if reply.status_code == 200 else {}
     if reply.status_code != 200 or result.get("isError") or "structuredContent" not in result:
         raise RuntimeError(f"the bench call does not work: {reply.status_code} {reply.text}")

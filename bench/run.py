@@ -4,7 +4,8 @@ Runs, one after the other (each script starts its own servers and a private
 redis-server, load from wrk pinned to the other core):
 
 - tools pipeline vs a plain `mcp` SDK server at 1, 16 and 64 connections (stateless
-  HTTP), and at 16 with a stateful session per connection;
+  HTTP), and at 16 with a stateful session per connection and in the 2026-07-28
+  protocol (no session);
 - auth token endpoint (authorization_code and refresh_token grants, argon2id apart);
 - keys: API-key exchange and introspection;
 - audit: publish-to-stored throughput and lag under a steady 2,000 events/s;
@@ -15,7 +16,8 @@ redis-server, load from wrk pinned to the other core):
 
 Writes bench/results/latest.json (top-level `throughput_ratio`: secured/plain calls/s at
 16 connections from alternating runs; `throughput_ratio_together` and
-`stateful_throughput_ratio_together`: the same with both servers loaded at once, the
+`stateful_throughput_ratio_together`, `modern_throughput_ratio_together`: the same with
+both servers loaded at once, the
 steadier figure on a VM whose speed drifts), latest.md (the same as tables) and
 latest.png (tools latency, plain vs secured, p50/p95/p99, per concurrency). `--quick`
 shortens every run (numbers are noisier).
@@ -60,7 +62,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"**Throughput ratio (secured / plain, 16 connections): "
         f"{summary['throughput_ratio']}** from alternating runs, "
         f"**{summary['throughput_ratio_together']}** with both servers loaded at once "
-        f"(stateful: {summary['stateful_throughput_ratio_together']}; target >= 0.85)",
+        f"(stateful: {summary['stateful_throughput_ratio_together']}, 2026-07-28 protocol: "
+        f"{summary['modern_throughput_ratio_together']}; target >= 0.85)",
         "",
         "## Tool call: tools pipeline vs a plain mcp SDK server (get_weather)",
         "",
@@ -230,6 +233,19 @@ def main() -> None:
         ],
         "tools_overhead_stateful.json",
     )
+    tools["2026-07-28 c16"] = run_step(
+        "tools_overhead.py",
+        [
+            "--modern",
+            "--duration",
+            duration,
+            "--rounds",
+            rounds,
+            "--together-rounds",
+            "3" if args.quick else "5",
+        ],
+        "tools_overhead_modern.json",
+    )
     summary: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -240,6 +256,7 @@ def main() -> None:
         "throughput_ratio": tools["stateless c16"]["throughput_ratio"],
         "throughput_ratio_together": tools["stateless c16"]["throughput_ratio_together"],
         "stateful_throughput_ratio_together": tools["stateful c16"]["throughput_ratio_together"],
+        "modern_throughput_ratio_together": tools["2026-07-28 c16"]["throughput_ratio_together"],
         "tools": tools,
         "auth_tokens": run_step(
             "auth_tokens.py",

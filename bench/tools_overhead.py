@@ -8,7 +8,9 @@
 
 Both run with the same transport settings (JSON responses; stateless HTTP by default,
 `--stateful` gives each connection a session of its own, as 16 clients would have, and
-numbers every request), as separate processes pinned to CPU 0; the load comes from `wrk`
+numbers every request; `--modern` sends the call in the 2026-07-28 protocol, which has
+no handshake or session whatever the server's setting), as separate processes pinned
+to CPU 0; the load comes from `wrk`
 (C, 16 connections) pinned to CPU 1. The token is the same for
 every call, so its signature is verified once and then served from the cache, as for a
 real client. The two servers are measured alternately (`--rounds`, medians kept) so that
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    MODERN_WEATHER_CALL,
     PYTHON,
     ROOT,
     SERVER_CPU,
@@ -90,6 +93,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs; medians kept")
     parser.add_argument("--stateful", action="store_true", help="one session per connection")
     parser.add_argument(
+        "--modern", action="store_true", help="the 2026-07-28 protocol (no session)"
+    )
+    parser.add_argument(
         "--together-rounds", type=int, default=5, help="runs with both servers loaded at once"
     )
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the secured server")
@@ -98,7 +104,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     require("wrk", "redis-server")
+    if args.modern and args.stateful:
+        parser.error("the 2026-07-28 protocol has no sessions: --modern excludes --stateful")
     stateless = not args.stateful
+    call = MODERN_WEATHER_CALL if args.modern else WEATHER_CALL
 
     with Processes("tools-bench-") as procs:
         _, redis_url = procs.redis()
@@ -124,7 +133,7 @@ def main() -> None:
         wait_port(secure_port)
 
         def load(name: str, url: str, duration: float) -> Wrk:
-            return Wrk(url, WEATHER_CALL, headers[name], args.connections, duration,
+            return Wrk(url, call, headers[name], args.connections, duration,
                        sessions=sessions[name])  # fmt: skip
 
         targets = {
@@ -137,8 +146,9 @@ def main() -> None:
             sessions[name] = (
                 [] if stateless else [open_session(url, bearer) for _ in range(args.connections)]
             )
-            check_call(url, bearer, sessions[name][0] if sessions[name] else None)
-            headers[name] = mcp_headers(bearer)
+            check_call(url, bearer, sessions[name][0] if sessions[name] else None,
+                       modern=args.modern)  # fmt: skip
+            headers[name] = mcp_headers(bearer, modern=args.modern)
             load(name, url, args.warmup).run()
         # Alternate the two servers so that load from anything else on the machine
         # falls on both alike; keep the median of each figure.
@@ -199,7 +209,13 @@ def main() -> None:
     summary = {
         "connections": args.connections,
         "duration_s": args.duration,
-        "mode": "stateless" if stateless else "stateful (one session per connection)",
+        "mode": (
+            "2026-07-28 (no session)"
+            if args.modern
+            else "stateless"
+            if stateless
+            else "stateful (one session per connection)"
+        ),  # fmt: skip
         "secured_log_level": args.log_level,
         "plain": plain,
         "secured": secured,
@@ -223,7 +239,8 @@ def main() -> None:
         "rounds": args.rounds,
     }
     print(json.dumps(summary, indent=2))
-    write_result("tools_overhead" if stateless else "tools_overhead_stateful", summary)
+    name = "tools_overhead" + ("_modern" if args.modern else "" if stateless else "_stateful")
+    write_result(name, summary)
 
 
 if __name__ == "__main__":

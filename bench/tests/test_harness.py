@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from bench.harness import QUANTILE_GRID, merge_latency, parse_wrk
+from bench.harness import (
+    MODERN_HEADERS,
+    MODERN_WEATHER_CALL,
+    QUANTILE_GRID,
+    mcp_headers,
+    merge_latency,
+    parse_wrk,
+)
+from mcp.shared.inbound import InboundModernRoute, classify_inbound_request
 
 
 def grid_of(values: list[float]) -> list[float]:
@@ -47,3 +55,12 @@ def test_merging_equal_runs_changes_nothing() -> None:
     latencies = [float(ms) for ms in range(1, 401)]
     run = {"requests": 400, "quantiles_ms": grid_of(latencies)}
     assert merge_latency([run, run], [50, 95, 99]) == merge_latency([run], [50, 95, 99])
+
+
+def test_the_modern_call_is_one_the_sdk_routes_as_2026_07_28() -> None:
+    """The SDK's own classifier accepts the body with the headers the bench sends."""
+    headers = {k.lower(): v for k, v in mcp_headers("t", modern=True).items()}
+    route = classify_inbound_request(json.loads(MODERN_WEATHER_CALL), headers=headers)
+    assert isinstance(route, InboundModernRoute), route
+    assert MODERN_HEADERS["MCP-Protocol-Version"] == "2026-07-28"
+    assert headers["authorization"] == "Bearer t"
