@@ -57,10 +57,10 @@ from harness import (
 # -- the plain server (run in its own process) --------------------------------------
 
 
-def serve_plain(port: int, redis_url: str, stateless: bool) -> None:
+def plain_app(redis_url: str, stateless: bool) -> Any:
+    """The plain server's ASGI app: MCPServer with `get_weather`, no security at all."""
     import logging
 
-    import uvicorn
     from mcp.server.mcpserver import MCPServer
     from mcp.server.transport_security import TransportSecuritySettings
     from redis.asyncio import Redis
@@ -82,6 +82,13 @@ def serve_plain(port: int, redis_url: str, stateless: bool) -> None:
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
     logging.getLogger("mcp").setLevel(logging.WARNING)
+    return app
+
+
+def serve_plain(port: int, redis_url: str, stateless: bool) -> None:
+    import uvicorn
+
+    app = plain_app(redis_url, stateless)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
