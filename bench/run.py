@@ -220,32 +220,16 @@ def main() -> None:
             ],
             "tools_overhead.json",
         )
-    tools["stateful c16"] = run_step(
-        "tools_overhead.py",
-        [
-            "--stateful",
-            "--duration",
-            duration,
-            "--rounds",
-            rounds,
-            "--together-rounds",
-            "3" if args.quick else "5",
-        ],
-        "tools_overhead_stateful.json",
-    )
-    tools["2026-07-28 c16"] = run_step(
-        "tools_overhead.py",
-        [
-            "--modern",
-            "--duration",
-            duration,
-            "--rounds",
-            rounds,
-            "--together-rounds",
-            "3" if args.quick else "5",
-        ],
-        "tools_overhead_modern.json",
-    )
+    for label, flag, result in (
+        ("stateful c16", "--stateful", "tools_overhead_stateful.json"),
+        ("2026-07-28 c16", "--modern", "tools_overhead_modern.json"),
+    ):
+        tools[label] = run_step(
+            "tools_overhead.py",
+            [flag, "--duration", duration, "--rounds", rounds,
+             "--together-rounds", "3" if args.quick else "5"],
+            result,
+        )  # fmt: skip
     summary: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
