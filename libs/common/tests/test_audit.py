@@ -4,7 +4,6 @@ order, new events queued behind the spool, a spool left by a closed process repl
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,7 @@ from redis.asyncio import Redis
 from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher
 from bastion_common.logging import REDACTED, request_id_var
 from bastion_common.redis import create_redis
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.redis_process import free_port
 
 
 def _event(n: int) -> AuditEvent:
@@ -182,7 +176,7 @@ async def test_lines_emitted_together_keep_their_place_among_single_events(
 
 @pytest.mark.anyio
 async def test_lines_emitted_together_are_spooled_when_redis_is_gone(tmp_path: Path) -> None:
-    dead = create_redis(f"redis://127.0.0.1:{_free_port()}/0", timeout=0.3)
+    dead = create_redis(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)
     spool = tmp_path / "spool.jsonl"
     publisher = AuditPublisher(dead, spool)
     await publisher.start()

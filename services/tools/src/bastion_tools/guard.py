@@ -112,16 +112,6 @@ def _rpc_error(message: str, code: int = -32000) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
 
 
-def _ratelimit_headers(decision: Decision) -> dict[str, str]:
-    window = max(1, math.ceil(decision.capacity / decision.refill_per_second))
-    return {
-        "RateLimit-Policy": f"{decision.capacity};w={window}",
-        "RateLimit-Limit": str(decision.capacity),
-        "RateLimit-Remaining": str(max(0, math.floor(decision.remaining))),
-        "RateLimit-Reset": str(decision.reset_seconds),
-    }
-
-
 class _Wanted:
     """The request headers the guard reads, found in one pass over the raw list (the
     first of each wins, as with Starlette's `Headers.get`)."""
@@ -171,6 +161,10 @@ class _Plan:
             (b"ratelimit-remaining", str(max(0, math.floor(decision.remaining))).encode()),
             (b"ratelimit-reset", str(decision.reset_seconds).encode()),
         ]
+
+    def refusal_headers(self, decision: Decision) -> dict[str, str]:
+        """The same headers, for a refusal's answer."""
+        return {name.decode(): value.decode() for name, value in self.headers(decision)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +262,7 @@ class Guard:
             raise _Refusal(
                 400,
                 _rpc_error("parse error: the request body is not JSON", -32700),
-                _ratelimit_headers(decision),
+                plan.refusal_headers(decision),
                 reason="parse_error",
             )
 
@@ -288,7 +282,7 @@ class Guard:
             raise _Refusal(
                 403,
                 _oauth_error("insufficient_scope", f"this call needs {' '.join(sorted(missing))}"),
-                {"WWW-Authenticate": challenge, **_ratelimit_headers(decision)},
+                {"WWW-Authenticate": challenge, **plan.refusal_headers(decision)},
                 reason="insufficient_scope",
             )
 
@@ -504,7 +498,7 @@ class Guard:
             raise _Refusal(
                 429,
                 _rpc_error(f"rate limit exceeded; retry after {retry} s"),
-                {"Retry-After": str(retry), **_ratelimit_headers(decision)},
+                {"Retry-After": str(retry), **plan.refusal_headers(decision)},
                 reason="rate_limited",
             )
         return decision

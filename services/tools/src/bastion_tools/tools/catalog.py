@@ -62,7 +62,6 @@ class InvalidArguments(MCPError):
     it, never the value sent (it may be a secret, or file contents)."""
 
     def __init__(self, tool: str, problems: list[dict[str, str]]) -> None:
-        self.tool = tool
         self.fields = sorted({problem["field"] for problem in problems})
         super().__init__(
             code=INVALID_PARAMS,
@@ -86,7 +85,6 @@ class CheckedArguments(FuncMetadata):
     pydantic's text, values included."""
 
     tool_name: str
-    known: frozenset[str]
 
     @classmethod
     def of(cls, tool: Tool) -> "CheckedArguments":
@@ -94,11 +92,12 @@ class CheckedArguments(FuncMetadata):
         return cls(
             arg_model=sdk.arg_model, output_schema=sdk.output_schema,
             output_model=sdk.output_model, wrap_output=sdk.wrap_output,
-            tool_name=tool.name, known=frozenset(sdk.arg_model.model_fields),
+            tool_name=tool.name,
         )  # fmt: skip
 
     def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
-        unknown = [key for key in arguments_to_validate if key not in self.known]
+        known = self.arg_model.model_fields
+        unknown = [key for key in arguments_to_validate if key not in known]
         if unknown:
             raise InvalidArguments(
                 self.tool_name,
