@@ -1,15 +1,20 @@
 from __future__ import annotations
 
 import gc
+import logging
 import secrets
 from collections.abc import AsyncIterator
 
 import httpx2
 import pytest
+import structlog
 from fastapi import FastAPI
 from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
+from structlog.testing import LogCapture
 
+from bastion_common import http as http_module
+from bastion_common import logging as bastion_logging
 from bastion_common.audit import AUDIT_STREAM, AuditEvent
 from bastion_common.http import HTTP_REQUESTS, LabelCache
 from bastion_common.redis import create_redis
@@ -175,3 +180,31 @@ async def test_a_served_process_freezes_what_start_up_made(redis_url: str, tmp_p
             assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("level", "logged"), [(logging.INFO, True), (logging.WARNING, False)])
+async def test_request_line_follows_the_configured_level(
+    redis_url: str, tmp_path: str, monkeypatch: pytest.MonkeyPatch, level: int, logged: bool
+) -> None:
+    capture = LogCapture()
+    monkeypatch.setattr(bastion_logging, "_configured_level", level)
+    monkeypatch.setattr(
+        http_module,
+        "log",
+        structlog.wrap_logger(
+            None, processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(level)
+        ),
+    )
+    app = make_app(redis_url, str(tmp_path))
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://t") as c,
+    ):
+        answer = await c.get("/missing", headers={"X-Request-ID": "req-7"})
+    assert answer.status_code == 404
+    requests = [e for e in capture.entries if e["event"] == "http.request"]
+    if logged:
+        assert [(e["path"], e["status"]) for e in requests] == [("/missing", 404)]
+    else:
+        assert requests == []

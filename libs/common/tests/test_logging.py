@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import structlog
@@ -9,6 +10,7 @@ from bastion_common.logging import (
     REDACTED,
     configure_logging,
     get_logger,
+    logs_at,
     redact,
     request_id_var,
     valid_request_id,
@@ -67,3 +69,18 @@ def test_log_lines_are_json_with_request_id_and_no_secrets(
     assert record["user"] == "bob"
     assert JWT not in line
     assert record["access_token"] == REDACTED
+
+
+def test_logs_at_answers_as_the_configured_level_filters() -> None:
+    try:
+        configure_logging("demo", "WARNING")
+        assert not logs_at(logging.INFO)
+        assert logs_at(logging.WARNING)
+        assert logs_at(logging.ERROR)
+        configure_logging("demo", "DEBUG")
+        assert logs_at(logging.DEBUG)
+    finally:
+        configure_logging("demo", "INFO")
+        structlog.reset_defaults()
+    assert logs_at(logging.INFO)
+    assert not logs_at(logging.DEBUG)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -19,7 +20,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bastion_common.logging import get_logger, new_request_id, request_id_var, valid_request_id
+from bastion_common.logging import (
+    get_logger,
+    logs_at,
+    new_request_id,
+    request_id_var,
+    valid_request_id,
+)
 
 __all__ = [
     "LabelCache",
@@ -132,7 +139,7 @@ class RequestContextMiddleware:
             method = scope.get("method", "")
             _REQUESTS(method, route, str(status)).inc()
             _LATENCY(method, route).observe(elapsed)
-            if scope.get("path") not in _QUIET_PATHS:
+            if logs_at(logging.INFO) and scope.get("path") not in _QUIET_PATHS:
                 log.info(
                     "http.request",
                     method=method,

@@ -24,6 +24,7 @@ __all__ = [
     "REDACTED",
     "configure_logging",
     "get_logger",
+    "logs_at",
     "new_request_id",
     "redact",
     "request_id_headers",
@@ -45,6 +46,7 @@ _SENSITIVE_VALUE = re.compile(
     r"(?i:bearer)\s+\S+)"
 )
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_configured_level = logging.NOTSET  # until configure_logging runs, structlog logs all
 # Keys whose names match the pattern above but carry no secret.
 _SAFE_KEYS = frozenset({"token_type", "token_id", "key_id", "content_type", "content_length"})
 
@@ -97,6 +99,9 @@ def _add_request_id(
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """JSON lines on stdout for structlog and the standard library (uvicorn included)."""
+    global _configured_level
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    _configured_level = numeric
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         _add_request_id,
@@ -110,9 +115,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
             _redact_processor,
             structlog.processors.JSONRenderer(),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
@@ -140,6 +143,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
 
 def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name)
+
+
+def logs_at(level: int) -> bool:
+    """Whether a line at `level` would be written: a hot path asks before it builds one
+    (a filtered structlog call still costs a few microseconds)."""
+    return level >= _configured_level
 
 
 def new_request_id() -> str:
