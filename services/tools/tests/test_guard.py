@@ -350,6 +350,43 @@ async def test_a_body_that_is_not_json_is_refused_counted_and_audited(
     assert (event.details["reason"], event.outcome) == ("parse_error", "failure")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'\xef\xbb\xbf{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}',  # a BOM
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "note": "\\ud800"}',
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"} trailing',
+    ],
+    ids=["bom", "lone-surrogate", "trailing"],
+)
+async def test_the_guard_reads_a_body_as_the_sdk_does(
+    tools: httpx2.AsyncClient, minter: Minter, redis_url: str, body: bytes
+) -> None:
+    """What the SDK's parser refuses, the guard refuses and records; json.loads takes the
+    first two, so they would pass the guard's checks and reach the SDK unrecorded."""
+    token = minter.token(sub="differ")
+    reply = await _raw_post(tools, token, body)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["code"] == -32700
+    event = await wait_for_event(redis_url, "request.invalid", principal="differ")
+    assert (event.details["reason"], event.outcome) == ("parse_error", "failure")
+
+
+async def test_duplicate_keys_are_read_as_the_sdk_reads_them(
+    tools: httpx2.AsyncClient, minter: Minter, redis_url: str
+) -> None:
+    """A call naming two tools in one object: RBAC checks the one the SDK would run."""
+    token = minter.token(sub="twofaced")  # weather:read, not files:write
+    body = (
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "get_weather",'
+        b' "arguments": {"path": "x.txt"}, "name": "delete_file"}}'
+    )
+    reply = await _raw_post(tools, token, body)
+    assert reply.status_code == 403
+    event = await wait_for_event(redis_url, "authz.denied", principal="twofaced")
+    assert event.tool == "delete_file"
+
+
 async def test_an_oversized_body_or_batch_is_refused_unread_and_audited(
     make_settings: Callable[..., Settings], minter: Minter, redis_url: str
 ) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import pydantic_core
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from prometheus_client import Counter
@@ -425,7 +426,10 @@ class Guard:
         if not body:
             return _Calls(1, (), None)
         try:
-            parsed = json.loads(body)
+            # The SDK's own parser (jiter): the guard must read the body exactly as the
+            # SDK will (a parser differential would let RBAC check one tool and the SDK
+            # run another), and it is four times faster than json.loads on bytes.
+            parsed = pydantic_core.from_json(body)
         except ValueError:
             return _Calls(1, (), None, unparsable=True)
         messages = parsed if isinstance(parsed, list) else [parsed]
