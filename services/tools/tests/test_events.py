@@ -1,9 +1,12 @@
 """Audit events are batched briefly but never lost: held events reach the stream on their
-timer, and all of them on shutdown."""
+timer, and all of them on shutdown. What a call's arguments become in the record: each
+event goes through a real AuditPublisher into a real Redis stream and is read back."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from services.tools.tests.helpers import (
@@ -15,10 +18,17 @@ from services.tools.tests.helpers import (
     wait_for_event,
 )
 
+from bastion_common.audit import AuditPublisher
+from bastion_common.logging import REDACTED
+from bastion_common.redis import create_redis
 from bastion_tools.app import create_app
+from bastion_tools.events import Auditor
 from bastion_tools.settings import Settings
 
 pytestmark = pytest.mark.anyio
+
+JWT = "eyJhbGciOiJFUzI1NiJ9." + "eyJzdWIiOiJhbGljZSJ9" * 10 + ".c2lnbmF0dXJlLXZhbHVl"
+API_KEY = "mcp_" + "A1b2C3d4" * 6
 
 
 async def test_held_events_are_written_when_the_service_stops(
@@ -56,3 +66,68 @@ async def test_call_events_name_the_token_so_reuse_from_many_ips_can_be_seen(
         event = await wait_for_event(redis_url, "tool.called", principal="noa")
     assert event.details["token_id"] == "jti-noa-1"
     assert token not in event.model_dump_json()
+
+
+@pytest.fixture
+async def auditor(redis_url: str, tmp_path: Path) -> AsyncIterator[Auditor]:
+    redis = create_redis(redis_url)
+    publisher = AuditPublisher(redis, tmp_path / "spool.jsonl")
+    await publisher.start()
+    try:
+        yield Auditor(publisher, linger=0)
+    finally:
+        await publisher.close()
+        await redis.aclose()
+
+
+async def recorded(auditor: Auditor, redis_url: str, who: str, arguments: Any) -> dict[str, Any]:
+    auditor.emit("tool.called", "success", principal_name=who, tool="echo", arguments=arguments)
+    event = await wait_for_event(redis_url, "tool.called", principal=who)
+    summary: dict[str, Any] = event.details["arguments"]
+    return summary
+
+
+async def test_secrets_in_arguments_are_redacted_by_key_and_by_look(
+    auditor: Auditor, redis_url: str
+) -> None:
+    args = recorded(
+        auditor,
+        redis_url,
+        "keys",
+        {"api_key": "hunter2", "content": "file body", "note": f"Bearer {API_KEY}", "city": "Oslo"},
+    )
+    summary = await args
+    assert summary["api_key"] == REDACTED
+    assert summary["content"] == REDACTED
+    assert API_KEY not in summary["note"] and REDACTED in summary["note"]
+    assert summary["city"] == "Oslo"
+
+
+async def test_a_token_is_redacted_before_a_long_value_is_cut(
+    auditor: Auditor, redis_url: str
+) -> None:
+    """Cut first, the token's first 200 characters (header and most of its claims) would
+    no longer look like a token and would be kept."""
+    value = "x" * 150 + JWT
+    summary = await recorded(auditor, redis_url, "long", {"note": value})
+    assert JWT[:20] not in summary["note"]
+    assert summary["note"] == ("x" * 150 + REDACTED)
+
+
+async def test_a_long_key_is_judged_whole_before_it_is_cut(
+    auditor: Auditor, redis_url: str
+) -> None:
+    key = "k" * 70 + "_password"
+    summary = await recorded(auditor, redis_url, "longkey", {key: "hunter2", "k" * 80: "fine"})
+    assert summary == {key[:64]: REDACTED, "k" * 64: "fine"}
+
+
+async def test_values_that_are_not_scalars_are_named_and_at_most_16_kept(
+    auditor: Auditor, redis_url: str
+) -> None:
+    arguments: dict[str, Any] = {f"a{i}": i for i in range(20)}
+    arguments["a0"] = {"password": "hunter2"}
+    arguments["a1"] = ["x", JWT]
+    summary = await recorded(auditor, redis_url, "shapes", arguments)
+    assert len(summary) == 16
+    assert (summary["a0"], summary["a1"], summary["a2"]) == ("<dict>", "<list>", 2)

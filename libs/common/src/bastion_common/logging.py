@@ -24,9 +24,11 @@ __all__ = [
     "REDACTED",
     "configure_logging",
     "get_logger",
+    "is_sensitive_key",
     "logs_at",
     "new_request_id",
     "redact",
+    "redact_text",
     "request_id_headers",
     "request_id_var",
     "valid_request_id",
@@ -51,18 +53,32 @@ _configured_level = logging.NOTSET  # until configure_logging runs, structlog lo
 _SAFE_KEYS = frozenset({"token_type", "token_id", "key_id", "content_type", "content_length"})
 
 
+_PLAIN = (int, float, bool, type(None))
+
+
 def _redact_value(value: Any) -> Any:
-    if isinstance(value, str):
+    kind = type(value)  # exact types first: this runs for every value of every event
+    if kind is str:
         return _SENSITIVE_VALUE.sub(REDACTED, value)
-    if isinstance(value, Mapping):
+    if kind in _PLAIN:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return redact(value)
     if isinstance(value, list | tuple):
         return [_redact_value(v) for v in value]
+    if isinstance(value, str):
+        return _SENSITIVE_VALUE.sub(REDACTED, value)
     return value
 
 
+def redact_text(value: str) -> str:
+    """`value` with secret-looking parts (API keys, JWTs, bearer values) replaced."""
+    return _SENSITIVE_VALUE.sub(REDACTED, value)
+
+
 @functools.lru_cache(maxsize=4096)
-def _sensitive_key(key: str) -> bool:
+def is_sensitive_key(key: str) -> bool:
+    """Whether a value under this key is redacted whatever it looks like."""
     # Cached: the same few keys come back in every event, and this runs on hot paths.
     return key not in _SAFE_KEYS and bool(_SENSITIVE_KEY.search(key))
 
@@ -71,7 +87,7 @@ def redact(data: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of `data` with secret-looking keys and values replaced by REDACTED."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if _sensitive_key(str(key)) and value not in (None, ""):
+        if is_sensitive_key(key if type(key) is str else str(key)) and value not in (None, ""):
             out[key] = REDACTED
         else:
             out[key] = _redact_value(value)

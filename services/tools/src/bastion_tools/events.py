@@ -15,25 +15,39 @@ import asyncio
 from typing import Any
 
 from bastion_common.audit import AuditEvent, AuditPublisher, Outcome
-from bastion_common.logging import redact
+from bastion_common.logging import REDACTED, is_sensitive_key, redact_text
 from bastion_common.tokens import Principal
 
 __all__ = ["Auditor"]
 
 _MAX_ARG_CHARS = 200
+_MAX_KEY_CHARS = 64
 
 
 def _summarise(arguments: Any) -> dict[str, Any]:
-    """Arguments for the record: secrets and contents redacted, long values cut."""
+    """Arguments for the record: long values cut, other types named, at most 16.
+
+    The event is redacted as a whole when it is rendered (`AuditEvent.trusted_json`), so
+    this only redacts what cutting would hide from that pass: a long string is redacted
+    before it is cut (a token cut in half no longer looks like one), and a long key is
+    judged whole before it is cut."""
     if not isinstance(arguments, dict):
         return {}
     out: dict[str, Any] = {}
-    for key, value in redact({str(k): v for k, v in list(arguments.items())[:16]}).items():
-        if isinstance(value, str) and len(value) > _MAX_ARG_CHARS:
-            value = value[:_MAX_ARG_CHARS] + "..."
-        elif not isinstance(value, str | int | float | bool | None):
+    for raw_key, value in list(arguments.items())[:16]:
+        key = str(raw_key)
+        if isinstance(value, str):
+            if len(value) > _MAX_ARG_CHARS:
+                value = redact_text(value)
+                if len(value) > _MAX_ARG_CHARS:
+                    value = value[:_MAX_ARG_CHARS] + "..."
+        elif not isinstance(value, int | float | bool | None):
             value = f"<{type(value).__name__}>"
-        out[key[:64]] = value
+        if len(key) > _MAX_KEY_CHARS:
+            if is_sensitive_key(key) and value not in (None, ""):
+                value = REDACTED
+            key = key[:_MAX_KEY_CHARS]
+        out[key] = value
     return out
 
 
