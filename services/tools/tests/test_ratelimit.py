@@ -187,6 +187,40 @@ async def test_rate_limit_headers_accompany_allowed_calls(
     assert math.isfinite(float(reply.headers["ratelimit-reset"]))
 
 
+async def test_rate_limit_headers_accompany_calls_without_a_session(
+    make_settings: Callable[..., Settings], minter: Minter
+) -> None:
+    """Stateless HTTP: the guard does not wrap the answer; the request context adds the
+    RateLimit headers with the request id, each once."""
+    async with serve(create_app(make_settings(stateless_http=True))) as client:
+        token = minter.token(sub="ivan", roles=["premium"], scope="weather:read")
+        body = rpc("tools/call", {"name": "get_weather", "arguments": {"city": "Kyiv"}})
+        reply = await post(client, token, body, headers={"X-Request-ID": "req-ivan"})
+    assert reply.status_code == 200
+    names = [name.lower() for name, _ in reply.headers.multi_items()]
+    for name in ("ratelimit-limit", "ratelimit-policy", "ratelimit-remaining", "x-request-id"):
+        assert names.count(name) == 1, name
+    assert reply.headers["ratelimit-limit"] == "1000"
+    assert reply.headers["x-request-id"] == "req-ivan"
+
+
+async def test_the_guard_adds_rate_limit_headers_itself_without_a_request_context(
+    make_settings: Callable[..., Settings], minter: Minter
+) -> None:
+    settings = make_settings(stateless_http=True)
+    app = create_app(settings)
+    guard = app.hot_routes[settings.mcp_path]  # type: ignore[attr-defined]
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=guard), base_url=PUBLIC_URL) as bare,
+    ):
+        token = minter.token(sub="judy", scope="weather:read")
+        reply = await post(bare, token, rpc("tools/list"))
+    assert reply.status_code == 200
+    assert reply.headers["ratelimit-limit"] == "200"  # the role user
+    assert "x-request-id" not in reply.headers
+
+
 def _batches() -> tuple[float, float]:
     """(round trips, decisions) the limiter has sent so far in this process."""
     count = sum_ = 0.0

@@ -29,6 +29,7 @@ from bastion_common.logging import (
 )
 
 __all__ = [
+    "RESPONSE_HEADERS_KEY",
     "LabelCache",
     "ReadinessCheck",
     "RequestContextMiddleware",
@@ -48,6 +49,8 @@ HTTP_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 _MAX_CACHED_CHILDREN = 1024
+RESPONSE_HEADERS_KEY = "bastion.response_headers"
+"""Scope key of the list of raw headers `RequestContextMiddleware` adds to the answer."""
 
 
 class LabelCache:
@@ -108,14 +111,21 @@ class RequestContextMiddleware:
         response_started = False
         started = time.perf_counter()
 
+        # Headers the wrapped app wants on its answer (the tools guard's RateLimit-*):
+        # added here with the request id, so that it need not wrap `send` again.
+        extra: list[tuple[bytes, bytes]] = []
+        scope[RESPONSE_HEADERS_KEY] = extra
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers = list(message.get("headers", ()))
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
+                # A new list in the message (sent once, by its sender): the sender's own
+                # header list (a Response's raw_headers) is left as it was.
+                message["headers"] = [
+                    *message.get("headers", ()), *extra, (b"x-request-id", request_id.encode())
+                ]  # fmt: skip
             await send(message)
 
         try:

@@ -34,7 +34,7 @@ from mcp.server.auth.provider import AccessToken
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bastion_common.http import LabelCache
+from bastion_common.http import RESPONSE_HEADERS_KEY, LabelCache
 from bastion_common.logging import get_logger
 from bastion_common.tokens import (
     Principal,
@@ -289,13 +289,21 @@ class Guard:
         scope["user"] = plan.user
         scope[PRINCIPAL_SCOPE_KEY] = principal
         scope["bastion.ip"] = ip
-        extra = plan.headers(decision)
-
+        limits = plan.headers(decision)
+        collected = scope.get(RESPONSE_HEADERS_KEY)
+        if isinstance(collected, list):  # the request context adds them to the answer
+            collected += limits
+            limits = []
         session = headers.session
+        downstream = _replay(body, receive) if scope["method"] == "POST" else receive
+        if session is None and not limits:
+            await app(scope, downstream, send)
+            return
 
         async def send_with_limits(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                if limits:
+                    message["headers"] = [*message.get("headers", ()), *limits]
                 if session is not None and message["status"] == 404:
                     # The SDK answers a session that is unknown, expired or created with
                     # another credential alike (404): record it, hijack attempts included.
@@ -305,7 +313,6 @@ class Guard:
                     )  # fmt: skip
             await send(message)
 
-        downstream = _replay(body, receive) if scope["method"] == "POST" else receive
         await app(scope, downstream, send_with_limits)
 
     def _plan(self, principal: Principal, token: str) -> _Plan:
