@@ -8,6 +8,7 @@ sandbox, API-key revocation feed) and starts the SDK's session manager.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Route
 
+from bastion_common.redis import create_command_redis
 from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
 from bastion_tools.apikeys import ApiKeyVerifier
@@ -61,7 +63,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        async with httpx2.AsyncClient(timeout=settings.upstream_timeout) as http:
+        # The tools' own data (weather) on a client made for simple commands on a hot
+        # path: each bounded by one asyncio.timeout, not a task per write.
+        data = create_command_redis(settings.redis_url.get_secret_value())
+        async with (
+            contextlib.aclosing(data),
+            httpx2.AsyncClient(timeout=settings.upstream_timeout) as http,
+        ):
             validator = TokenValidator(
                 trusted_issuers(settings),
                 settings.resource_uri,
@@ -100,7 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
             )
             catalog = build_catalog(
                 ToolDeps(
-                    weather=WeatherStore(state.redis),
+                    weather=WeatherStore(data),
                     sandbox=sandbox,
                     upstream=upstream,
                     auth_url=settings.auth_internal_url,

@@ -1,0 +1,69 @@
+"""The hot-path Redis client: every command bounded as a whole, a connection cut off by
+the timeout never reused. Against a real redis-server and a TCP server that never
+answers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bastion_common.redis import create_command_redis, create_redis
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_redis_that_never_answers_times_out_every_command() -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # read nothing, answer nothing, keep the socket open
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = create_command_redis(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+    try:
+        for _ in range(3):
+            with pytest.raises(RedisTimeoutError, match="within 0.3 s"):
+                await client.get("weather:obs:oslo")
+    finally:
+        await client.aclose()
+        for writer in held:
+            writer.close()
+        server.close()
+    assert len(held) == 3  # each timed-out connection was dropped, a new one opened
+
+
+async def test_a_command_cut_off_leaves_no_answer_behind(redis_url: str) -> None:
+    """A BLPOP that outlives the timeout: its connection is closed (Redis forgets the
+    blocked pop), and the next command on the client gets its own answer."""
+    client = create_command_redis(redis_url, timeout=0.3)
+    other = create_redis(redis_url)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await client.execute_command("BLPOP", "queue", 30)
+        with anyio.fail_after(5):
+            while (await other.info("clients"))["blocked_clients"] != 0:
+                await anyio.sleep(0.02)
+        await other.lpush("queue", "kept")
+        assert await client.set("answer", "42")
+        assert await client.get("answer") == b"42"
+        assert await other.lrange("queue", 0, -1) == [b"kept"]
+    finally:
+        await client.aclose()
+        await other.aclose()
+
+
+async def test_pipelines_and_pubsub_are_refused_as_they_would_not_be_bounded(
+    redis_url: str,
+) -> None:
+    client = create_command_redis(redis_url)
+    try:
+        with pytest.raises(TypeError, match="pipeline"):
+            client.pipeline()
+        with pytest.raises(TypeError, match="pub/sub"):
+            client.pubsub()
+    finally:
+        await client.aclose()
