@@ -1,18 +1,40 @@
 """A real redis-server process for tests: started on a free loopback port, stoppable.
 
 Tests talk to a real Redis, never a fake. Fault tests stop and start it; `persistent`
-servers keep their data across that, as the deployed one does.
+servers keep their data across that, as the deployed one does. `silent_server` stands
+for a Redis that hangs: it accepts connections and never answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-__all__ = ["RedisProcess", "free_port"]
+__all__ = ["RedisProcess", "free_port", "silent_server"]
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[tuple[int, list[asyncio.StreamWriter]]]:
+    """A TCP server that reads nothing and answers nothing, keeping each socket open (a
+    hung Redis, or a black hole on the network): (its port, the connections it took)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], held
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
 
 
 def free_port() -> int:

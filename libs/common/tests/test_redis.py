@@ -4,36 +4,26 @@ answers."""
 
 from __future__ import annotations
 
-import asyncio
-
 import anyio
 import pytest
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bastion_common.redis import create_command_redis, create_redis
+from tests.redis_process import silent_server
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_a_redis_that_never_answers_times_out_every_command() -> None:
-    held: list[asyncio.StreamWriter] = []
-
-    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)  # read nothing, answer nothing, keep the socket open
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = create_command_redis(f"redis://127.0.0.1:{port}/0", timeout=0.3)
-    try:
-        for _ in range(3):
-            with pytest.raises(RedisTimeoutError, match="within 0.3 s"):
-                await client.get("weather:obs:oslo")
-    finally:
-        await client.aclose()
-        for writer in held:
-            writer.close()
-        server.close()
-    assert len(held) == 3  # each timed-out connection was dropped, a new one opened
+    async with silent_server() as (port, held):
+        client = create_command_redis(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+        try:
+            for _ in range(3):
+                with pytest.raises(RedisTimeoutError, match="within 0.3 s"):
+                    await client.get("weather:obs:oslo")
+        finally:
+            await client.aclose()
+        assert len(held) == 3  # each timed-out connection was dropped, a new one opened
 
 
 async def test_a_command_cut_off_leaves_no_answer_behind(redis_url: str) -> None:

@@ -30,6 +30,7 @@ from bastion_common.redis import create_redis
 from bastion_tools.app import create_app
 from bastion_tools.ratelimit import BATCH_SIZE, LimiterUnavailable, RateLimiter
 from bastion_tools.settings import Settings
+from tests.redis_process import silent_server
 
 pytestmark = pytest.mark.anyio
 
@@ -353,39 +354,30 @@ async def test_a_redis_that_never_answers_refuses_every_caller_within_the_timeou
     """A Redis that accepts the connection and then says nothing (hung, or a black hole
     on the network): the limiter's round trip is bounded, so each call is refused
     (fail closed) instead of hanging."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)  # read nothing, answer nothing, keep the socket open
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    redis = create_redis(f"redis://127.0.0.1:{port}/0", timeout=0.3)
-    limiter = RateLimiter(redis)
-    trips_before, _ = _batches()
-    try:
-        for _ in range(2):
-            outcomes = await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        limiter.take("rl:sub:hung", capacity=5, refill_per_second=1.0)
-                        for _ in range(6)
-                    ),  # fmt: skip
-                    return_exceptions=True,
-                ),
-                10,
-            )
-            assert all(isinstance(o, LimiterUnavailable) for o in outcomes), outcomes
-            assert str(outcomes[0]) == "TimeoutError"
-    finally:
-        await limiter.aclose()
-        await redis.aclose()
-        for writer in held:
-            writer.close()
-        server.close()
-    trips, _ = _batches()
-    assert trips - trips_before >= 2
-    assert len(held) == trips - trips_before  # a timed-out connection is never reused
+    async with silent_server() as (port, held):
+        redis = create_redis(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+        limiter = RateLimiter(redis)
+        trips_before, _ = _batches()
+        try:
+            for _ in range(2):
+                outcomes = await asyncio.wait_for(
+                    asyncio.gather(
+                        *(
+                            limiter.take("rl:sub:hung", capacity=5, refill_per_second=1.0)
+                            for _ in range(6)
+                        ),  # fmt: skip
+                        return_exceptions=True,
+                    ),
+                    10,
+                )
+                assert all(isinstance(o, LimiterUnavailable) for o in outcomes), outcomes
+                assert str(outcomes[0]) == "TimeoutError"
+        finally:
+            await limiter.aclose()
+            await redis.aclose()
+        trips, _ = _batches()
+        assert trips - trips_before >= 2
+        assert len(held) == trips - trips_before  # a timed-out connection is never reused
 
 
 async def _redis_time(redis: Any) -> float:
