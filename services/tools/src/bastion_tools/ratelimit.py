@@ -192,13 +192,13 @@ class RateLimiter:
         it needs no pool; going around the pool and the client's command layer saves a
         third of the round trip's client CPU, and hiredis packs the command (redis-py's
         asyncio connection packs in Python, about 1.5 us per argument, six arguments per
-        call). The connection carries the client's
-        settings (password, connect timeout) but no socket timeout: redis-py would wrap
-        every write in `asyncio.wait_for`, which on Python 3.11 starts a task per command
-        (~17 us); one `asyncio.timeout` bounds the whole round trip instead, retry and
-        reconnect included. redis-py drops the connection on any error or cancellation
-        (the timeout's too), so no answer is ever read for the wrong batch. A dropped
-        connection (Redis restarted) is retried once, as the client's own retry would."""
+        call). The connection carries the client's settings (password, connect timeout)
+        but no socket timeout: redis-py would wrap every write in `asyncio.wait_for`,
+        which on Python 3.11 starts a task per command (~17 us); one `asyncio.timeout`
+        bounds the whole round trip instead, retry and reconnect included. redis-py
+        drops the connection on any error or cancellation (the timeout's too), so no
+        answer is ever read for the wrong batch. A dropped connection (Redis restarted)
+        is retried once, as the client's own retry would."""
         conn = self._conn
         if conn is None:
             pool = self._redis.connection_pool
