@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
         # The tools' own data (weather) on a client made for simple commands on a hot
-        # path: each bounded by one asyncio.timeout, not a task per write.
+        # path: each command bounded as a whole (one shared timer), not a task per write.
         data = create_command_redis(settings.redis_url.get_secret_value())
         async with (
             contextlib.aclosing(data),

@@ -32,6 +32,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bastion_common.permissions import DEFAULT_RATE_LIMITS
+from bastion_common.timeouts import SharedTimeout
 from bastion_tools.store import BUCKET_SCRIPT, bucket_ttl_ms
 
 __all__ = ["Decision", "LimiterUnavailable", "RateLimiter", "limits_for_roles"]
@@ -93,7 +94,7 @@ class RateLimiter:
         self._waiting: deque[tuple[_Call, asyncio.Future[Any]]] = deque()
         self._conn: AbstractConnection | None = None
         timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
-        self._timeout: float = timeout if timeout else 2.0
+        self._bounds = SharedTimeout(timeout if timeout else 2.0)
 
     async def aclose(self) -> None:
         """Close the limiter's own connection (the client's pool does not hold it)."""
@@ -194,8 +195,9 @@ class RateLimiter:
         asyncio connection packs in Python, about 1.5 us per argument, six arguments per
         call). The connection carries the client's settings (password, connect timeout)
         but no socket timeout: redis-py would wrap every write in `asyncio.wait_for`,
-        which on Python 3.11 starts a task per command (~17 us); one `asyncio.timeout`
-        bounds the whole round trip instead, retry and reconnect included. redis-py
+        which on Python 3.11 starts a task per command (~17 us); one bound
+        (`SharedTimeout`, a quarter of an `asyncio.timeout`) covers the whole round trip
+        instead, retry and reconnect included. redis-py
         drops the connection on any error or cancellation (the timeout's too), so no
         answer is ever read for the wrong batch. A dropped connection (Redis restarted)
         is retried once, as the client's own retry would."""
@@ -206,7 +208,7 @@ class RateLimiter:
             conn = self._conn = pool.connection_class(**kwargs)
         command = hiredis.pack_command(("EVALSHA", self._sha, len(keys), *keys, *args))
         try:
-            async with asyncio.timeout(self._timeout):
+            async with self._bounds.bound():
                 try:
                     await conn.send_packed_command(command)
                     return await conn.read_response()
@@ -214,4 +216,6 @@ class RateLimiter:
                     await conn.send_packed_command(command)
                     return await conn.read_response()
         except TimeoutError:
-            raise RedisTimeoutError(f"no answer from Redis within {self._timeout} s") from None
+            raise RedisTimeoutError(
+                f"no answer from Redis within {self._bounds.seconds} s"
+            ) from None
