@@ -22,6 +22,7 @@ from services.tools.tests.helpers import (
     AUTH_ISSUER,
     KEYS_ISSUER,
     MCP_HEADERS,
+    PUBLIC_URL,
     RESOURCE,
     Minter,
     SigningKey,
@@ -328,6 +329,28 @@ async def test_a_session_is_bound_to_its_principal(
     thief = minter.token(sub="mallory")
     stolen = await post(tools, thief, rpc("tools/list", {}, 3), session=session)
     assert stolen.status_code == 404
+    event = await wait_for_event(redis_url, "request.invalid", principal="mallory")
+    assert event.details["reason"] == "unknown_or_foreign_session"
+    assert event.details["session"] == session and event.outcome == "denied"
+
+
+async def test_a_foreign_session_is_refused_and_recorded_by_the_guard_alone(
+    make_settings: Callable[..., Settings], minter: Minter, redis_url: str
+) -> None:
+    """Without the request context around it (which notes the answer's status), the
+    guard watches the answer itself: the same 404, the same record."""
+    settings = make_settings()
+    app = create_app(settings)
+    guard = app.hot_routes[settings.mcp_path]  # type: ignore[attr-defined]
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=guard), base_url=PUBLIC_URL) as bare,
+    ):
+        session = await open_session(bare, minter.token(sub="alice"))
+        stolen = await post(bare, minter.token(sub="mallory"), rpc("tools/list", {}, 2),
+                            session=session)  # fmt: skip
+    assert stolen.status_code == 404
+    assert "x-request-id" not in stolen.headers  # no request context was there
     event = await wait_for_event(redis_url, "request.invalid", principal="mallory")
     assert event.details["reason"] == "unknown_or_foreign_session"
     assert event.details["session"] == session and event.outcome == "denied"

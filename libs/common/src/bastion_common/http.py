@@ -30,6 +30,7 @@ from bastion_common.logging import (
 
 __all__ = [
     "RESPONSE_HEADERS_KEY",
+    "RESPONSE_STATUS_KEY",
     "LabelCache",
     "ReadinessCheck",
     "RequestContextMiddleware",
@@ -51,6 +52,8 @@ HTTP_LATENCY = Histogram(
 _MAX_CACHED_CHILDREN = 1024
 RESPONSE_HEADERS_KEY = "bastion.response_headers"
 """Scope key of the list of raw headers `RequestContextMiddleware` adds to the answer."""
+RESPONSE_STATUS_KEY = "bastion.response_status"
+"""Scope key where `RequestContextMiddleware` notes the answer's status once it is sent."""
 
 
 class LabelCache:
@@ -112,7 +115,8 @@ class RequestContextMiddleware:
         started = time.perf_counter()
 
         # Headers the wrapped app wants on its answer (the tools guard's RateLimit-*):
-        # added here with the request id, so that it need not wrap `send` again.
+        # added here with the request id, and the status noted in the scope, so that
+        # the app need not wrap `send` again.
         extra: list[tuple[bytes, bytes]] = []
         scope[RESPONSE_HEADERS_KEY] = extra
 
@@ -120,7 +124,7 @@ class RequestContextMiddleware:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 response_started = True
-                status = message["status"]
+                status = scope[RESPONSE_STATUS_KEY] = message["status"]
                 # A new list in the message (sent once, by its sender): the sender's own
                 # header list (a Response's raw_headers) is left as it was.
                 message["headers"] = [

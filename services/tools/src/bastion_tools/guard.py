@@ -34,7 +34,7 @@ from mcp.server.auth.provider import AccessToken
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bastion_common.http import RESPONSE_HEADERS_KEY, LabelCache
+from bastion_common.http import RESPONSE_HEADERS_KEY, RESPONSE_STATUS_KEY, LabelCache
 from bastion_common.logging import get_logger
 from bastion_common.tokens import (
     Principal,
@@ -290,27 +290,25 @@ class Guard:
         scope[PRINCIPAL_SCOPE_KEY] = principal
         scope["bastion.ip"] = ip
         limits = plan.headers(decision)
-        collected = scope.get(RESPONSE_HEADERS_KEY)
-        if isinstance(collected, list):  # the request context adds them to the answer
-            collected += limits
-            limits = []
         session = headers.session
         downstream = _replay(body, receive) if scope["method"] == "POST" else receive
-        if session is None and not limits:
-            await app(scope, downstream, send)
+        collected = scope.get(RESPONSE_HEADERS_KEY)
+        if isinstance(collected, list):
+            # The request context adds these to the answer and notes its status, so
+            # `send` needs no wrapper of its own here.
+            collected += limits
+            try:
+                await app(scope, downstream, send)
+            finally:
+                if session is not None and scope.get(RESPONSE_STATUS_KEY) == 404:
+                    _foreign_session(deps, principal, ip, session)
             return
 
         async def send_with_limits(message: Message) -> None:
             if message["type"] == "http.response.start":
-                if limits:
-                    message["headers"] = [*message.get("headers", ()), *limits]
+                message["headers"] = [*message.get("headers", ()), *limits]
                 if session is not None and message["status"] == 404:
-                    # The SDK answers a session that is unknown, expired or created with
-                    # another credential alike (404): record it, hijack attempts included.
-                    deps.auditor.emit(
-                        "request.invalid", "denied", principal=principal, ip=ip,
-                        reason="unknown_or_foreign_session", session=session,
-                    )  # fmt: skip
+                    _foreign_session(deps, principal, ip, session)
             await send(message)
 
         await app(scope, downstream, send_with_limits)
@@ -512,6 +510,15 @@ class Guard:
                 reason="rate_limited",
             )
         return decision
+
+
+def _foreign_session(deps: GuardDeps, principal: Principal, ip: str, session: str) -> None:
+    # The SDK answers a session that is unknown, expired or created with another
+    # credential alike (404): record it, hijack attempts included.
+    deps.auditor.emit(
+        "request.invalid", "denied", principal=principal, ip=ip,
+        reason="unknown_or_foreign_session", session=session,
+    )  # fmt: skip
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
