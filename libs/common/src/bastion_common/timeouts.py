@@ -12,8 +12,10 @@ Every bound of one `SharedTimeout` has the same length, so bounds expire in the 
 they began: they wait in a deque, oldest first, and one timer, set for the oldest, wakes
 to cancel whatever is overdue and sets itself for the next. Finished bounds leave the
 front of the deque as they end; one that ends out of order is dropped when it reaches
-the front. The cancel-and-uncancel bookkeeping is `asyncio.timeout`'s own (Python 3.11,
-`Task.cancelling`/`Task.uncancel`), so nesting either kind inside the other works.
+the front, so behind a hung bound the deque holds at most what begins within `seconds`
+(about 4,000 entries at 2,000 calls/s and 2 s), freed when it expires. The cancel and
+uncancel bookkeeping is `asyncio.timeout`'s own (Python 3.11, `Task.cancelling` and
+`Task.uncancel`), so nesting either kind inside the other works.
 """
 
 from __future__ import annotations
