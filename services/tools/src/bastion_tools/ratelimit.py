@@ -197,10 +197,10 @@ class RateLimiter:
         but no socket timeout: redis-py would wrap every write in `asyncio.wait_for`,
         which on Python 3.11 starts a task per command (~17 us); one bound
         (`SharedTimeout`, a quarter of an `asyncio.timeout`) covers the whole round trip
-        instead, retry and reconnect included. redis-py
-        drops the connection on any error or cancellation (the timeout's too), so no
-        answer is ever read for the wrong batch. A dropped connection (Redis restarted)
-        is retried once, as the client's own retry would."""
+        instead, retry and reconnect included. redis-py drops the connection on any
+        error or cancellation (the timeout's too), so no answer is ever read for the
+        wrong batch. A dropped connection (Redis restarted) is retried once, as the
+        client's own retry would."""
         conn = self._conn
         if conn is None:
             pool = self._redis.connection_pool
