@@ -356,6 +356,41 @@ async def test_a_foreign_session_is_refused_and_recorded_by_the_guard_alone(
     assert event.details["session"] == session and event.outcome == "denied"
 
 
+async def test_nothing_behind_the_guard_sees_the_bearer_credential(
+    make_settings: Callable[..., Settings], minter: Minter
+) -> None:
+    """The SDK and the tools get the request without its Authorization header (the first
+    of two decides, as everywhere), so no tool can read the token or pass it on."""
+    settings = make_settings()
+    app = create_app(settings)
+    guard = app.hot_routes[settings.mcp_path]  # type: ignore[attr-defined]
+    seen: list[dict[str, Any]] = []
+
+    async def behind(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    good, forged = minter.token(sub="alice"), minter.token(sub="alice") + "x"
+    async with serve(app) as client:
+        assert guard.deps is not None
+        guard.bind(behind, guard.catalog, guard.deps)
+        first_good = await client.post("/mcp", content=json.dumps(rpc("tools/list")), headers=[
+            *MCP_HEADERS.items(), ("Authorization", f"Bearer {good}"),
+            ("X-Kept", "1"), ("Authorization", f"Bearer {forged}"),
+        ])  # fmt: skip
+        first_forged = await client.post("/mcp", content=json.dumps(rpc("tools/list")), headers=[
+            *MCP_HEADERS.items(), ("Authorization", f"Bearer {forged}"),
+            ("Authorization", f"Bearer {good}"),
+        ])  # fmt: skip
+    assert first_good.status_code == 200 and first_forged.status_code == 401
+    [scope] = seen
+    names = [name for name, _ in scope["headers"]]
+    assert b"authorization" not in names
+    assert (b"x-kept", b"1") in scope["headers"] and b"content-type" in names
+    assert scope["bastion.principal"].subject == "alice"
+
+
 def _raw_post(client: httpx2.AsyncClient, token: str, content: bytes) -> Any:
     headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
     return client.post("/mcp", content=content, headers=headers)
