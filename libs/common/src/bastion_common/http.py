@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,6 +27,7 @@ from bastion_common.logging import (
     request_id_var,
     valid_request_id,
 )
+from bastion_common.metrics import LoopCounter, LoopHistogram
 
 __all__ = [
     "RESPONSE_HEADERS_KEY",
@@ -40,10 +41,10 @@ __all__ = [
 
 log = get_logger(__name__)
 
-HTTP_REQUESTS = Counter(
+HTTP_REQUESTS = LoopCounter(
     "bastion_http_requests_total", "HTTP requests served", ["method", "route", "status"]
 )
-HTTP_LATENCY = Histogram(
+HTTP_LATENCY = LoopHistogram(
     "bastion_http_request_seconds",
     "HTTP request latency",
     ["method", "route"],
@@ -75,8 +76,6 @@ class LabelCache:
         return child
 
 
-_REQUESTS = LabelCache(HTTP_REQUESTS)
-_LATENCY = LabelCache(HTTP_LATENCY)
 _SERVER_ERROR = b'{"error":"server_error","error_description":"internal error"}'
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -151,8 +150,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = _route_label(scope, self.route)
             method = scope.get("method", "")
-            _REQUESTS(method, route, str(status)).inc()
-            _LATENCY(method, route).observe(elapsed)
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_LATENCY.labels(method, route).observe(elapsed)
             if logs_at(logging.INFO) and scope.get("path") not in _QUIET_PATHS:
                 log.info(
                     "http.request",

@@ -17,25 +17,21 @@ from typing import Any
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, ListToolsResult
-from prometheus_client import Histogram
 
 from bastion_common.audit import Outcome
-from bastion_common.http import LabelCache
+from bastion_common.metrics import LoopHistogram
 from bastion_common.tokens import Principal
 from bastion_tools.events import Auditor
 from bastion_tools.tools.catalog import PRINCIPAL_SCOPE_KEY, InvalidArguments, ToolSpec
 
 __all__ = ["ToolCallPolicy"]
 
-TOOL_LATENCY = Histogram(
+TOOL_LATENCY = LoopHistogram(
     "bastion_tools_call_seconds",
     "Tool call latency inside the server",
     ["tool", "outcome"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-
-
-_LATENCY = LabelCache(TOOL_LATENCY)
 
 
 class ToolCallPolicy:
@@ -115,7 +111,7 @@ class ToolCallPolicy:
         finally:
             if ran:
                 elapsed = time.perf_counter() - started
-                _LATENCY(spec.name, outcome).observe(elapsed)
+                TOOL_LATENCY.labels(spec.name, outcome).observe(elapsed)
                 self._auditor.emit(
                     "tool.called", outcome, principal=principal, ip=ip, tool=spec.name,
                     arguments=arguments, latency_ms=round(elapsed * 1000, 3),

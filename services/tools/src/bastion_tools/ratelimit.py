@@ -24,24 +24,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import hiredis
-from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bastion_common.metrics import LoopHistogram
 from bastion_common.permissions import DEFAULT_RATE_LIMITS
 from bastion_common.timeouts import SharedTimeout
 from bastion_tools.store import BUCKET_SCRIPT, bucket_ttl_ms
 
 __all__ = ["Decision", "LimiterUnavailable", "RateLimiter", "limits_for_roles"]
 
-BATCH_SIZE = Histogram(
+BATCH_SIZE = LoopHistogram(
     "bastion_tools_limiter_batch_size",
     "Rate-limit decisions sent to Redis in one round trip",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+_BATCH_SIZE = BATCH_SIZE.labels()
 Status = Literal["allowed", "refused", "revoked"]
 _STATUS: dict[int, Status] = {1: "allowed", 0: "refused", -1: "revoked"}  # -2: unreadable
 
@@ -148,7 +149,7 @@ class RateLimiter:
             if not answer.done():  # a caller that went away is not charged
                 calls.append(call)
                 answers.append(answer)
-        BATCH_SIZE.observe(len(calls))
+        _BATCH_SIZE.observe(len(calls))
         try:
             results = await self._evaluate(calls)
         except BaseException as exc:  # every caller in the batch fails: nobody waits forever
