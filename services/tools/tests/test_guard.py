@@ -236,6 +236,25 @@ async def test_configured_origins_and_hosts_are_honoured(
         assert localhost.status_code == 421
 
 
+async def test_remembered_host_verdicts_stay_bounded_and_right(
+    make_settings: Callable[..., Settings], minter: Minter
+) -> None:
+    """The guard remembers each Host's verdict; a flood of made-up Hosts neither grows
+    that memory past its bound nor changes a verdict."""
+    settings = make_settings()
+    app = create_app(settings)
+    guard = app.hot_routes[settings.mcp_path]  # type: ignore[attr-defined]
+    token = minter.token()
+    async with serve(app) as client:
+        for n in range(1100):
+            junk = await post(client, token, rpc("tools/list"), headers={"Host": f"h{n}.example"})
+            assert junk.status_code == 421
+        assert len(guard._hosts) <= 1024
+        assert (await post(client, token, rpc("tools/list"))).status_code != 421
+        again = await post(client, token, rpc("tools/list"), headers={"Host": "h5.example"})
+        assert again.status_code == 421
+
+
 async def test_cached_keys_keep_working_while_the_issuer_is_down(
     make_settings: Callable[..., Settings], minter: Minter, upstreams: Upstreams
 ) -> None:

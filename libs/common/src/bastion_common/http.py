@@ -102,12 +102,11 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = None
-        for name, value in scope.get("headers", ()):
-            if name == b"x-request-id":
-                incoming = valid_request_id(value.decode("latin-1"))
-                break
-        request_id = incoming or new_request_id()
+        # The first X-Request-ID, found in C (a dict from the list reversed keeps it).
+        incoming = dict(reversed(scope.get("headers", ()))).get(b"x-request-id")
+        request_id = (
+            incoming is not None and valid_request_id(incoming.decode("latin-1"))
+        ) or new_request_id()
         token = request_id_var.set(request_id)
         status = 500
         response_started = False

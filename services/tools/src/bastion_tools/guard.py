@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -61,6 +61,7 @@ _REFUSALS = LabelCache(REFUSALS)
 _MAX_BATCH = 32
 _MAX_BLOCKED_IPS = 100_000
 _MAX_PLANS = 10_000
+_MAX_REMEMBERED = 1024
 
 
 @dataclass
@@ -118,25 +119,35 @@ class _Wanted:
     Starlette's `Headers.get`: a dict built from the list reversed keeps the first, and
     is built in C (a loop over the list in Python cost four times as much)."""
 
-    __slots__ = ("authorization", "content_length", "host", "origin", "session")
+    __slots__ = ("authorization", "content_length", "found", "host", "origin", "session")
 
     def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
-        found = dict(reversed(raw))
-        self.host = _text(found.get(b"host"))
-        self.origin = _text(found.get(b"origin"))
-        self.authorization = _text(found.get(b"authorization"))
-        self.content_length = _text(found.get(b"content-length"))
-        session = found.get(b"mcp-session-id")
-        self.session = None if session is None else session[:64].decode("latin-1")
+        self.found = found = dict(reversed(raw))
+        value = found.get(b"host")
+        self.host = None if value is None else value.decode("latin-1")
+        value = found.get(b"origin")
+        self.origin = None if value is None else value.decode("latin-1")
+        value = found.get(b"authorization")
+        self.authorization = None if value is None else value.decode("latin-1")
+        value = found.get(b"content-length")
+        self.content_length = None if value is None else value.decode("latin-1")
+        value = found.get(b"mcp-session-id")
+        self.session = None if value is None else value[:64].decode("latin-1")
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
-
-
-def _without_credentials(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def _without_credentials(
+    raw: Sequence[tuple[bytes, bytes]], found: dict[bytes, bytes]
+) -> list[tuple[bytes, bytes]]:
     """The request's headers as the SDK and the tools see them: without the bearer
     credential, which the guard has checked and nothing behind it may read or pass on."""
+    if len(found) == len(raw):  # no name twice, so one Authorization header: drop it in C
+        headers = list(raw)
+        try:
+            headers.remove((b"authorization", found[b"authorization"]))
+        except (KeyError, ValueError):  # none, or headers given as lists: the slow way
+            pass
+        else:
+            return headers
     return [header for header in raw if header[0] != b"authorization"]
 
 
@@ -185,6 +196,8 @@ class Guard:
         self.deps: GuardDeps | None = None
         self._blocked: dict[str, float] = {}
         self._plans: dict[str, _Plan] = {}
+        self._hosts: dict[str | None, bool] = {}
+        self._origins: dict[str | None, bool] = {}
 
     def bind(self, app: ASGIApp, catalog: dict[str, ToolSpec], deps: GuardDeps) -> None:
         """Attach what the lifespan opened; until then every request gets 503."""
@@ -211,10 +224,12 @@ class Guard:
         ip = str(client[0]) if client else "unknown"
 
         # 1. DNS-rebinding protection (MCP transport spec, "Security Warning").
-        if not host_allowed(headers.host, self.settings):
+        if not self._checked(self._hosts, headers.host, host_allowed):
             deps.auditor.emit("authz.denied", "denied", ip=ip, reason="host_not_allowed")
             raise _Refusal(421, _oauth_error("invalid_request", "host not allowed"), reason="host")
-        if not origin_allowed(headers.origin, self.settings):
+        if headers.origin is not None and not self._checked(
+            self._origins, headers.origin, origin_allowed
+        ):
             deps.auditor.emit("authz.denied", "denied", ip=ip, reason="origin_not_allowed")
             raise _Refusal(
                 403, _oauth_error("invalid_request", "origin not allowed"), reason="origin"
@@ -284,7 +299,7 @@ class Guard:
                 reason="insufficient_scope",
             )
 
-        scope["headers"] = _without_credentials(scope["headers"])
+        scope["headers"] = _without_credentials(scope["headers"], headers.found)
         scope["user"] = plan.user
         scope[PRINCIPAL_SCOPE_KEY] = principal
         scope["bastion.ip"] = ip
@@ -311,6 +326,21 @@ class Guard:
             await send(message)
 
         await app(scope, downstream, send_with_limits)
+
+    def _checked(
+        self,
+        memo: dict[str | None, bool],
+        value: str | None,
+        check: Callable[[str | None, Settings], bool],
+    ) -> bool:
+        """`check(value, settings)`, remembered: the same Host and Origin come with
+        every call. Bounded (emptied when full), so junk values cannot grow it."""
+        verdict = memo.get(value)
+        if verdict is None:
+            if len(memo) >= _MAX_REMEMBERED:
+                memo.clear()
+            verdict = memo[value] = check(value, self.settings)
+        return verdict
 
     def _plan(self, principal: Principal, token: str) -> _Plan:
         """The principal's plan, made on its token's first call. Validators hand back the
