@@ -128,7 +128,7 @@ async def _drive(app: Any, headers: Headers, mode: str, calls: int, warmup: int)
 
 def measure(which: str, mode: str, calls: int, redis_url: str, token: str) -> None:
     """Child process (under valgrind): build one app, warm it up, run the counted calls."""
-    import gc
+    from bastion_common.service import freeze_startup_objects
 
     sys.path.insert(0, str(Path(__file__).parent))
     stateless = mode != "stateful"
@@ -152,8 +152,7 @@ def measure(which: str, mode: str, calls: int, redis_url: str, token: str) -> No
 
     async def run() -> None:
         async with app.router.lifespan_context(app):
-            gc.collect()
-            gc.freeze()  # as the served processes do
+            freeze_startup_objects()  # as the served processes do
             await _drive(app, raw, mode, calls, warmup=max(CONCURRENCY, calls // 2))
 
     asyncio.run(run())

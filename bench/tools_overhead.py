@@ -86,9 +86,26 @@ def plain_app(redis_url: str, stateless: bool) -> Any:
 
 
 def serve_plain(port: int, redis_url: str, stateless: bool) -> None:
+    import contextlib
+
     import uvicorn
 
+    from bastion_common.service import freeze_startup_objects
+
     app = plain_app(redis_url, stateless)
+    started = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        async with started(app) as state:
+            # What every served bastion process does once started (a full collection,
+            # then gc.freeze): without it the plain server's full collections walk the
+            # whole heap, about 6% of its CPU at 16 connections, and the ratio would
+            # credit the pipeline with that.
+            freeze_startup_objects()
+            yield state
+
+    app.router.lifespan_context = lifespan
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
