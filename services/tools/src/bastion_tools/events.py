@@ -22,6 +22,7 @@ __all__ = ["Auditor"]
 
 _MAX_ARG_CHARS = 200
 _MAX_KEY_CHARS = 64
+_SCALARS = (int, float, bool, type(None))
 
 
 def _summarise(arguments: Any) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def _summarise(arguments: Any) -> dict[str, Any]:
                 value = redact_text(value)
                 if len(value) > _MAX_ARG_CHARS:
                     value = value[:_MAX_ARG_CHARS] + "..."
-        elif not isinstance(value, int | float | bool | None):
+        elif not isinstance(value, _SCALARS):
             value = f"<{type(value).__name__}>"
         if len(key) > _MAX_KEY_CHARS:
             if is_sensitive_key(key) and value not in (None, ""):
