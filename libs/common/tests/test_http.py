@@ -9,14 +9,13 @@ import httpx2
 import pytest
 import structlog
 from fastapi import FastAPI
-from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 from structlog.testing import LogCapture
 
 from bastion_common import http as http_module
 from bastion_common import logging as bastion_logging
 from bastion_common.audit import AUDIT_STREAM, AuditEvent
-from bastion_common.http import HTTP_REQUESTS, LabelCache
+from bastion_common.http import HTTP_REQUESTS
 from bastion_common.redis import create_redis
 from bastion_common.service import create_service_app
 from bastion_common.settings import ServiceSettings
@@ -154,18 +153,6 @@ async def test_a_hot_route_keeps_the_request_context_and_hides_its_errors(
     # Metrics carry the hot path's own label, not "unmatched".
     assert _requests_counted("/hot", "200") == before_ok + 1
     assert _requests_counted("/hot", "500") == before_error + 1
-
-
-def test_cached_label_children_count_into_the_same_series() -> None:
-    metric = Counter("bastion_test_label_cache_total", "test", ["kind"])
-    cached = LabelCache(metric)
-    cached("a").inc()
-    cached("a").inc()
-    metric.labels("a").inc()
-    cached("b").inc()
-    assert cached("a") is metric.labels("a")
-    assert metric.labels("a")._value.get() == 3
-    assert metric.labels("b")._value.get() == 1
 
 
 @pytest.mark.anyio

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -32,7 +31,6 @@ from bastion_common.metrics import LoopCounter, LoopHistogram
 __all__ = [
     "RESPONSE_HEADERS_KEY",
     "RESPONSE_STATUS_KEY",
-    "LabelCache",
     "ReadinessCheck",
     "RequestContextMiddleware",
     "ops_router",
@@ -50,30 +48,10 @@ HTTP_LATENCY = LoopHistogram(
     ["method", "route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-_MAX_CACHED_CHILDREN = 1024
 RESPONSE_HEADERS_KEY = "bastion.response_headers"
 """Scope key of the list of raw headers `RequestContextMiddleware` adds to the answer."""
 RESPONSE_STATUS_KEY = "bastion.response_status"
 """Scope key where `RequestContextMiddleware` notes the answer's status once it is sent."""
-
-
-class LabelCache:
-    """`metric.labels(*values)` remembered: prometheus_client checks and locks on every
-    `labels()` call, a noticeable share of a hot path's cost. Bounded: emptied when full."""
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def __call__(self, *values: str) -> Any:
-        child = self._children.get(values)
-        if child is None:
-            if len(self._children) >= _MAX_CACHED_CHILDREN:
-                self._children.clear()
-            child = self._children[values] = self._metric.labels(*values)
-        return child
 
 
 _SERVER_ERROR = b'{"error":"server_error","error_description":"internal error"}'

@@ -31,11 +31,11 @@ from typing import Any, NamedTuple
 import pydantic_core
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
-from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bastion_common.http import RESPONSE_HEADERS_KEY, RESPONSE_STATUS_KEY, LabelCache
+from bastion_common.http import RESPONSE_HEADERS_KEY, RESPONSE_STATUS_KEY
 from bastion_common.logging import get_logger
+from bastion_common.metrics import LoopCounter
 from bastion_common.tokens import (
     Principal,
     TokenError,
@@ -56,8 +56,9 @@ __all__ = ["Guard", "GuardDeps", "host_allowed", "origin_allowed"]
 
 log = get_logger(__name__)
 
-REFUSALS = Counter("bastion_tools_refusals_total", "MCP requests refused by the guard", ["reason"])
-_REFUSALS = LabelCache(REFUSALS)
+REFUSALS = LoopCounter(
+    "bastion_tools_refusals_total", "MCP requests refused by the guard", ["reason"]
+)
 _MAX_BATCH = 32
 _MAX_BLOCKED_IPS = 100_000
 _MAX_PLANS = 10_000
@@ -119,10 +120,10 @@ class _Wanted:
     Starlette's `Headers.get`: a dict built from the list reversed keeps the first, and
     is built in C (a loop over the list in Python cost four times as much)."""
 
-    __slots__ = ("authorization", "content_length", "found", "host", "origin", "session")
+    __slots__ = ("authorization", "content_length", "host", "origin", "session")
 
     def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
-        self.found = found = dict(reversed(raw))
+        found = dict(reversed(raw))
         value = found.get(b"host")
         self.host = None if value is None else value.decode("latin-1")
         value = found.get(b"origin")
@@ -135,19 +136,9 @@ class _Wanted:
         self.session = None if value is None else value[:64].decode("latin-1")
 
 
-def _without_credentials(
-    raw: Sequence[tuple[bytes, bytes]], found: dict[bytes, bytes]
-) -> list[tuple[bytes, bytes]]:
+def _without_credentials(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The request's headers as the SDK and the tools see them: without the bearer
     credential, which the guard has checked and nothing behind it may read or pass on."""
-    if len(found) == len(raw):  # no name twice, so one Authorization header: drop it in C
-        headers = list(raw)
-        try:
-            headers.remove((b"authorization", found[b"authorization"]))
-        except (KeyError, ValueError):  # none, or headers given as lists: the slow way
-            pass
-        else:
-            return headers
     return [header for header in raw if header[0] != b"authorization"]
 
 
@@ -212,7 +203,7 @@ class Guard:
         try:
             await self._handle(scope, receive, send)
         except _Refusal as refusal:
-            _REFUSALS(refusal.reason or str(refusal.status)).inc()
+            REFUSALS.labels(refusal.reason or str(refusal.status)).inc()
             await _send_json(send, refusal.status, refusal.body, refusal.headers)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -227,9 +218,7 @@ class Guard:
         if not self._checked(self._hosts, headers.host, host_allowed):
             deps.auditor.emit("authz.denied", "denied", ip=ip, reason="host_not_allowed")
             raise _Refusal(421, _oauth_error("invalid_request", "host not allowed"), reason="host")
-        if headers.origin is not None and not self._checked(
-            self._origins, headers.origin, origin_allowed
-        ):
+        if not self._checked(self._origins, headers.origin, origin_allowed):
             deps.auditor.emit("authz.denied", "denied", ip=ip, reason="origin_not_allowed")
             raise _Refusal(
                 403, _oauth_error("invalid_request", "origin not allowed"), reason="origin"
@@ -299,7 +288,7 @@ class Guard:
                 reason="insufficient_scope",
             )
 
-        scope["headers"] = _without_credentials(scope["headers"], headers.found)
+        scope["headers"] = _without_credentials(scope["headers"])
         scope["user"] = plan.user
         scope[PRINCIPAL_SCOPE_KEY] = principal
         scope["bastion.ip"] = ip
