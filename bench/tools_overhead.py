@@ -106,7 +106,10 @@ def serve_plain(port: int, redis_url: str, stateless: bool) -> None:
             yield state
 
     app.router.lifespan_context = lifespan
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # The uvicorn settings `bastion_common.service.run` gives ours: no proxy-headers
+    # middleware (uvicorn's default wraps every request in it), no Server header.
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                proxy_headers=False, server_header=False)  # fmt: skip
 
 
 def main() -> None:
