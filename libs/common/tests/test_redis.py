@@ -4,12 +4,14 @@ answers."""
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import pytest
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bastion_common.redis import create_command_redis, create_redis
-from tests.redis_process import silent_server
+from tests.redis_process import RedisProcess, silent_server
 
 pytestmark = pytest.mark.anyio
 
@@ -57,3 +59,23 @@ async def test_pipelines_and_pubsub_are_refused_as_they_would_not_be_bounded(
             client.pubsub()
     finally:
         await client.aclose()
+
+
+async def test_the_first_command_after_a_redis_restart_is_retried_not_failed(
+    redis_server: RedisProcess,
+) -> None:
+    """Every pooled connection is dead after a restart: the client's retry (one, on a new
+    connection) must answer the next command instead of failing it. redis.retry's Retry
+    (the synchronous one) silently never retried an asyncio command."""
+    general = create_redis(redis_server.url)
+    command = create_command_redis(redis_server.url)
+    try:
+        for client in (general, command):
+            await asyncio.gather(*(client.ping() for _ in range(4)))  # four pooled connections
+        redis_server.stop()
+        redis_server.start()
+        assert await general.set("after", "restart")
+        assert await command.get("after") == b"restart"
+    finally:
+        await general.aclose()
+        await command.aclose()

@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Any, NoReturn, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry  # the asyncio one: redis.retry's cannot await a command
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from bastion_common.timeouts import SharedTimeout
 
