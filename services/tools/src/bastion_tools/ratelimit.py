@@ -6,13 +6,15 @@ principal's bucket, atomically; `retry_after` is computed from the bucket, not f
 When Redis cannot answer the caller gets `LimiterUnavailable` and must refuse the call
 (fail closed: no revocation check, no limit, no call).
 
-Decisions travel in batches, one round trip each, without waiting for anything: a call
-that finds the limiter idle sends its decision at once, alone; calls that come while a
+Decisions travel in batches, one round trip each, without waiting on a timer: a call that
+finds the limiter idle queues and asks the event loop to call back at the end of its
+current turn, so every call made in that turn goes with it; calls that come while a
 batch is in flight queue, and the first of them sends them all, together, as soon as that
 batch is answered (group commit). Each call still makes at most one round trip (it may
 wait for the one before), and one script invocation decides the whole batch, each call as
 if it ran alone. Under load this cuts what the Redis client costs per decision several
-times; at one connection nothing changes.
+times (sending the first call of a burst alone made two batches in five a batch of one);
+at one connection a call waits one turn of an idle loop, a few microseconds.
 """
 
 from __future__ import annotations
@@ -109,7 +111,12 @@ class RateLimiter:
         call = (denylist_key, bucket_key, capacity, refill_per_second, cost,
                 bucket_ttl_ms(capacity, refill_per_second))  # fmt: skip
         try:
-            raw = await (self._wait(call) if self._busy else self._send(call))
+            if not self._busy:
+                # Idle: the calls of this turn of the event loop go together. The first
+                # waits for the turn's end (call_soon), then sends them all.
+                self._busy = True
+                asyncio.get_running_loop().call_soon(self._pass_on)
+            raw = await self._wait(call)
         except (RedisError, OSError) as exc:
             raise LimiterUnavailable(type(exc).__name__) from None
         status, remaining, retry = raw
