@@ -9,6 +9,7 @@ from bench.harness import (
     MODERN_WEATHER_CALL,
     QUANTILE_GRID,
     mcp_headers,
+    median,
     merge_latency,
     parse_wrk,
 )
@@ -64,3 +65,8 @@ def test_the_modern_call_is_one_the_sdk_routes_as_2026_07_28() -> None:
     assert isinstance(route, InboundModernRoute), route
     assert MODERN_HEADERS["MCP-Protocol-Version"] == "2026-07-28"
     assert headers["authorization"] == "Bearer t"
+
+
+def test_the_median_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
+    assert median([0.80, 0.84, 0.86, 0.90]) == 0.85
+    assert median([3.0, 1.0, 2.0]) == 2.0
