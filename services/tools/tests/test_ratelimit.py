@@ -259,9 +259,17 @@ async def test_concurrent_decisions_share_one_round_trip_and_stay_exact(redis_ur
 
 async def test_a_caller_that_goes_away_is_not_charged_and_blocks_nobody(redis_url: str) -> None:
     tasks: dict[str, asyncio.Task[Any]] = {}
+    in_flight, release = asyncio.Event(), asyncio.Event()
 
     class CancelledWhenChosen(RateLimiter):
-        """Cancels `chosen` in the very turn it is picked to send the next batch."""
+        """Holds the first batch in flight until released, and cancels `chosen` in the
+        very turn it is picked to send the next batch."""
+
+        async def _evaluate(self, calls: Any) -> list[Any]:
+            if not release.is_set():
+                in_flight.set()
+                await release.wait()
+            return await super()._evaluate(calls)
 
         def _pass_on(self) -> None:
             super()._pass_on()
@@ -278,12 +286,15 @@ async def test_a_caller_that_goes_away_is_not_charged_and_blocks_nobody(redis_ur
                 limiter.take("rl:sub:leaving", capacity=10, refill_per_second=1 / 60)
             )
 
-        # `first` goes alone; the others wait behind it. `chosen` is picked to send the
+        # `first` is in flight; the others wait behind it. `chosen` is picked to send the
         # next batch and cancelled then, so `second` sends it; `gone` left while waiting.
-        for name in ("first", "chosen", "second", "gone", "last"):
+        take("first")
+        await asyncio.wait_for(in_flight.wait(), 5)
+        for name in ("chosen", "second", "gone", "last"):
             take(name)
         await asyncio.sleep(0)
         tasks["gone"].cancel()
+        release.set()
         await tasks["first"]
         decisions = await asyncio.wait_for(asyncio.gather(tasks["second"], tasks["last"]), 5)
         after = await asyncio.wait_for(
@@ -296,6 +307,34 @@ async def test_a_caller_that_goes_away_is_not_charged_and_blocks_nobody(redis_ur
     assert all(d.allowed for d in decisions) and after.allowed
     # first, second, last and after took a token each; those that left paid nothing.
     assert math.floor(after.remaining) == 6
+
+
+async def test_a_lone_caller_that_leaves_before_its_turn_ends_frees_the_limiter(
+    redis_url: str,
+) -> None:
+    """An idle limiter holds a call to the end of the loop's turn; a caller cancelled
+    before then is not charged, and the limiter is idle again for the next one."""
+    redis = create_redis(redis_url)
+    limiter = RateLimiter(redis)
+    try:
+        leaving = asyncio.create_task(
+            limiter.take("rl:sub:lone", capacity=10, refill_per_second=1 / 60)
+        )
+        await asyncio.sleep(0)  # it asked, and waits for the turn to end
+        leaving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leaving
+        rounds, _ = _batches()
+        after = await asyncio.wait_for(
+            limiter.take("rl:sub:lone", capacity=10, refill_per_second=1 / 60), 5
+        )
+        after_rounds, _ = _batches()
+    finally:
+        await limiter.aclose()
+        await redis.aclose()
+    assert leaving.cancelled()
+    assert after.allowed and math.floor(after.remaining) == 9  # only the second paid
+    assert after_rounds - rounds == 1
 
 
 async def test_a_bucket_that_cannot_be_read_fails_only_its_own_call(redis_url: str) -> None:
