@@ -133,8 +133,8 @@ async def main(env_path: Path) -> None:
             if reply.status == 429:
                 console.print(
                     f"call {n}: [red]429[/] Retry-After={reply.headers.get('retry-after')} s,"
-                    f" RateLimit-Limit={reply.headers.get('ratelimit-limit')},"
-                    f" RateLimit-Remaining={reply.headers.get('ratelimit-remaining')}"
+                    f" RateLimit-Policy: {reply.headers.get('ratelimit-policy')},"
+                    f" RateLimit: {reply.headers.get('ratelimit')}"
                 )
                 break
 

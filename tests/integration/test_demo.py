@@ -67,7 +67,8 @@ def _demo_order() -> list[str]:
 
 def test_the_demo_shows_a_rate_limit_refusal(demo_output: str) -> None:
     match = re.search(
-        r"call (\d+): 429 Retry-After=(\d+) s, RateLimit-Limit=50, RateLimit-Remaining=0",
+        r'call (\d+): 429 Retry-After=(\d+) s, RateLimit-Policy: "principal";q=50;w=\d+,'
+        r' RateLimit: "principal";r=0;t=\d+',
         demo_output,
     )
     assert match, demo_output

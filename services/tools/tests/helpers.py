@@ -260,3 +260,11 @@ async def call_tool(
 ) -> httpx2.Response:
     return await post(client, token, rpc("tools/call", {"name": name, "arguments": arguments}),
                       session=session)  # fmt: skip
+
+
+def rate_limit(headers: httpx2.Headers, name: str = "ratelimit") -> dict[str, int]:
+    """The parameters of a RateLimit or RateLimit-Policy field (one item, "principal"):
+    `RateLimit: "principal";r=5;t=3` gives {"r": 5, "t": 3}."""
+    item, *params = headers[name].split(";")
+    assert item == '"principal"', headers[name]
+    return {key: int(value) for key, value in (param.split("=", 1) for param in params)}

@@ -90,7 +90,7 @@ class RequestContextMiddleware:
         response_started = False
         started = time.perf_counter()
 
-        # Headers the wrapped app wants on its answer (the tools guard's RateLimit-*):
+        # Headers the wrapped app wants on its answer (the tools guard's RateLimit ones):
         # added here with the request id, and the status noted in the scope, so that
         # the app need not wrap `send` again.
         extra: list[tuple[bytes, bytes]] = []

@@ -11,7 +11,7 @@ In order (each refusal is answered here, with its HTTP status, and audited):
    invalid: 401 with the RFC 9728 challenge; each failure also draws from the IP bucket.
 4. One Redis round trip (`ratelimit.RateLimiter`): refuse a revoked `jti` (401), else
    take the call's cost from the principal's bucket (429 with `Retry-After` and
-   `RateLimit-*`). Redis unreachable: 503 (fail closed).
+   `RateLimit-Policy` / `RateLimit`). Redis unreachable: 503 (fail closed).
 5. RBAC: a `tools/call` for a tool the token's scopes do not allow gets 403
    `insufficient_scope` with every scope needed, so the client can step up.
 
@@ -154,13 +154,16 @@ class _Plan:
     denylist_key: str
     capacity: int
     refill_per_second: float
-    static_headers: tuple[tuple[bytes, bytes], ...]
+    policy_header: tuple[bytes, bytes]
 
     def headers(self, decision: Decision) -> list[tuple[bytes, bytes]]:
+        """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers-10): the
+        principal's quota `q` per window `w` seconds, and what remains of it `r` with
+        the seconds `t` until the bucket is full again."""
+        remaining = max(0, math.floor(decision.remaining))
         return [
-            *self.static_headers,
-            (b"ratelimit-remaining", str(max(0, math.floor(decision.remaining))).encode()),
-            (b"ratelimit-reset", str(decision.reset_seconds).encode()),
+            self.policy_header,
+            (b"ratelimit", b'"principal";r=%d;t=%d' % (remaining, decision.reset_seconds)),
         ]
 
     def refusal_headers(self, decision: Decision) -> dict[str, str]:
@@ -363,10 +366,7 @@ class Guard:
             denylist_key="" if is_key else denylist_key(principal.token_id),
             capacity=capacity,
             refill_per_second=refill,
-            static_headers=(
-                (b"ratelimit-policy", f"{capacity};w={window}".encode()),
-                (b"ratelimit-limit", str(capacity).encode()),
-            ),
+            policy_header=(b"ratelimit-policy", b'"principal";q=%d;w=%d' % (capacity, window)),
         )
         return plan
 

@@ -65,7 +65,7 @@ class Decision(NamedTuple):
 
     @property
     def reset_seconds(self) -> int:
-        """Seconds until the bucket is full again (RateLimit-Reset)."""
+        """Seconds until the bucket is full again (`t` of the RateLimit header)."""
         missing = max(0.0, self.capacity - self.remaining)
         return int(-(-missing // self.refill_per_second))
 
