@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
@@ -19,6 +18,8 @@ from contextvars import ContextVar
 from typing import Any
 
 import structlog
+
+from bastion_common.ids import random_hex
 
 __all__ = [
     "REDACTED",
@@ -172,8 +173,8 @@ def logs_at(level: int) -> bool:
 
 
 def new_request_id() -> str:
-    """32 random hex digits (the shape of uuid4().hex, at a fifth of its cost)."""
-    return os.urandom(16).hex()
+    """32 random hex digits (the shape of uuid4().hex, at a small part of its cost)."""
+    return random_hex()
 
 
 def valid_request_id(value: str | None) -> str | None:
