@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from pydantic_core import to_json
 from redis.asyncio import Redis
 
+from bastion_common import audit as audit_module
 from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher
 from bastion_common.logging import REDACTED, request_id_var
 from bastion_common.redis import create_redis
@@ -197,3 +200,26 @@ async def test_lines_emitted_together_are_spooled_when_redis_is_gone(tmp_path: P
 def test_a_trusted_event_of_an_unknown_type_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown audit event type"):
         AuditEvent.trusted_json("tool.caled", "tools", "success")
+
+
+@pytest.mark.parametrize(
+    "nanos",
+    [
+        1_796_154_517_000_000_000,  # a whole second: no fraction, as pydantic writes it
+        1_796_154_517_000_005_999,  # 5 us (nanoseconds are cut, not rounded)
+        1_796_154_517_999_999_999,  # the last microsecond of a second
+        1_796_154_518_123_456_000,  # the next second: the cached date is not reused
+        951_782_400_000_000_000,  # 2000-02-29
+    ],
+)
+def test_the_event_clock_writes_what_the_model_would(
+    nanos: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = audit_module._UtcClock()
+    monkeypatch.setattr(audit_module.time, "time_ns", lambda: nanos - 1_000_000_000)
+    clock.text()  # fills the cache with the second before
+    monkeypatch.setattr(audit_module.time, "time_ns", lambda: nanos)
+    expected = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=nanos // 1000)
+    assert clock.text() == to_json(expected).decode().strip('"')
+    assert AuditEvent.model_validate({"type": "tool.called", "service": "tools",
+                                      "time": clock.text()}).time == expected  # fmt: skip

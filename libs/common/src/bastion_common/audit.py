@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from pydantic_core import to_json
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bastion_common.ids import random_hex
 from bastion_common.logging import get_logger, redact, request_id_var
 from bastion_common.redis import DirectConnection
 
@@ -107,6 +109,30 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class _UtcClock:
+    """The current UTC time as the model serialises it ("2026-12-01T19:48:37.123456Z",
+    no fraction when it is zero), without a datetime: building one and having pydantic
+    serialise it cost several microseconds on a busy server. The date and time of day
+    are formatted once per second."""
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
+    def text(self) -> str:
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+        cached, prefix = self._second  # one tuple: threads never see a torn pair
+        if seconds != cached:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            self._second = (seconds, prefix)
+        micros = nanos // 1000
+        return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
+
+
+_CLOCK = _UtcClock()
+
+
 class AuditEvent(BaseModel):
     """One security-relevant fact. Version 1 of the schema; add fields, never repurpose."""
 
@@ -170,8 +196,8 @@ class AuditEvent(BaseModel):
         request_id = request_id_var.get()
         fields = {
             "schema_version": SCHEMA_VERSION,
-            "id": os.urandom(16).hex(),  # same shape as uuid4().hex, a fifth of the cost
-            "time": _now(),
+            "id": random_hex(),  # same shape as uuid4().hex
+            "time": _CLOCK.text(),
             "type": type_,
             "service": service[:32],
             "outcome": outcome,
@@ -265,15 +291,20 @@ class AuditPublisher:
         self._flusher: asyncio.Task[None] | None = None
         self._replayer: asyncio.Task[None] | None = None
         self._closed = False
+        # Whether the spool holds events: read from the file once, at start, then kept
+        # here (the publisher is the only writer of its spool), so that sending a batch
+        # costs no file-system calls.
+        self._spooled = False
 
     @property
     def spooled(self) -> bool:
         """True while events wait in the spool file for Redis to come back."""
-        return self._spool.exists() and self._spool.stat().st_size > 0
+        return self._spooled
 
     async def start(self) -> None:
+        self._spooled = self._spool.exists() and self._spool.stat().st_size > 0
         self._flusher = asyncio.create_task(self._flush_loop(), name="audit-flusher")
-        if self.spooled:
+        if self._spooled:
             self._start_replay()
 
     async def close(self) -> None:
@@ -384,6 +415,7 @@ class AuditPublisher:
 
     async def _append_spool(self, lines: Sequence[str]) -> None:
         async with self._spool_lock:
+            self._spooled = True  # before the write: events sent after these queue behind
             await asyncio.to_thread(self._write_spool, lines)
 
     def _write_spool(self, lines: Sequence[str]) -> None:
@@ -423,4 +455,5 @@ class AuditPublisher:
             for start in range(0, len(events), self._batch_size):
                 await self._xadd(events[start : start + self._batch_size])
             await asyncio.to_thread(self._spool.write_text, "")
+            self._spooled = False  # under the lock: nothing was appended since the read
         log.info("audit.spool_replayed", count=len(events))
