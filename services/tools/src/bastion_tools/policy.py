@@ -93,11 +93,14 @@ class ToolCallPolicy:
                     spec.name, [{"field": "arguments", "problem": "must be an object"}]
                 )
             result = await call_next(ctx)
+            # The SDK hands back the wire dict; the ABC check for Mapping is slow.
             is_error = (
-                result.is_error
+                bool(result.get("isError"))
+                if type(result) is dict
+                else result.is_error
                 if isinstance(result, CallToolResult)
                 else bool(isinstance(result, Mapping) and result.get("isError"))
-            )
+            )  # fmt: skip
             outcome = "error" if is_error else "success"
             return result
         except InvalidArguments as invalid:

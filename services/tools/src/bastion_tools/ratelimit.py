@@ -110,13 +110,14 @@ class RateLimiter:
     ) -> Decision:
         call = (denylist_key, bucket_key, capacity, refill_per_second, cost,
                 bucket_ttl_ms(capacity, refill_per_second))  # fmt: skip
+        loop = asyncio.get_running_loop()  # once: on Python 3.11 each is a getpid call
         try:
             if not self._busy:
                 # Idle: the calls of this turn of the event loop go together. The first
                 # waits for the turn's end (call_soon), then sends them all.
                 self._busy = True
-                asyncio.get_running_loop().call_soon(self._pass_on)
-            raw = await self._wait(call)
+                loop.call_soon(self._pass_on)
+            raw = await self._wait(call, loop)
         except (RedisError, OSError) as exc:
             raise LimiterUnavailable(type(exc).__name__) from None
         status, remaining, retry = raw
@@ -125,10 +126,10 @@ class RateLimiter:
         return Decision(_STATUS[status], capacity, float(remaining), float(retry),
                         refill_per_second)  # fmt: skip
 
-    async def _wait(self, call: _Call) -> Any:
+    async def _wait(self, call: _Call, loop: asyncio.AbstractEventLoop) -> Any:
         """Queue behind the batch in flight; the answer comes with the next batch, or
         says this call is to send it."""
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Any] = loop.create_future()
         self._waiting.append((call, answer))
         try:
             raw = await answer

@@ -85,6 +85,9 @@ class CheckedArguments(FuncMetadata):
     pydantic's text, values included."""
 
     tool_name: str
+    # The argument names, read once: `arg_model.model_fields` goes through a pydantic
+    # descriptor that costs a few microseconds on every call.
+    known_arguments: frozenset[str]
 
     @classmethod
     def of(cls, tool: Tool) -> "CheckedArguments":
@@ -92,11 +95,11 @@ class CheckedArguments(FuncMetadata):
         return cls(
             arg_model=sdk.arg_model, output_schema=sdk.output_schema,
             output_model=sdk.output_model, wrap_output=sdk.wrap_output,
-            tool_name=tool.name,
+            tool_name=tool.name, known_arguments=frozenset(sdk.arg_model.model_fields),
         )  # fmt: skip
 
     def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
-        known = self.arg_model.model_fields
+        known = self.known_arguments
         unknown = [key for key in arguments_to_validate if key not in known]
         if unknown:
             raise InvalidArguments(
