@@ -86,7 +86,7 @@ class CheckedArguments(FuncMetadata):
 
     tool_name: str
     # The argument names, read once: `arg_model.model_fields` goes through a pydantic
-    # descriptor that costs a few microseconds on every call.
+    # descriptor, about half a microsecond on every call.
     known_arguments: frozenset[str]
 
     @classmethod
