@@ -223,3 +223,31 @@ def test_the_event_clock_writes_what_the_model_would(
     assert clock.text() == to_json(expected).decode().strip('"')
     assert AuditEvent.model_validate({"type": "tool.called", "service": "tools",
                                       "time": clock.text()}).time == expected  # fmt: skip
+
+
+def test_an_event_rendered_late_carries_the_time_and_request_id_it_was_given() -> None:
+    token = request_id_var.set("req-now")  # not the request the event belongs to
+    try:
+        line = AuditEvent.trusted_json(
+            "tool.called", "tools", "success", request_id="req-then",
+            at_ns=1_796_154_517_250_000_000,
+        )  # fmt: skip
+        unnamed = AuditEvent.trusted_json("tool.called", "tools", "success", request_id=None)
+    finally:
+        request_id_var.reset(token)
+    event = AuditEvent.model_validate_json(line)
+    assert event.request_id == "req-then"
+    assert event.time == datetime(2026, 12, 1, 19, 48, 37, 250000, tzinfo=UTC)
+    assert AuditEvent.model_validate_json(unnamed).request_id is None
+
+
+def test_a_value_json_cannot_hold_is_named_by_its_type_not_rendered() -> None:
+    class Secretive:
+        def __repr__(self) -> str:
+            return "hunter2"
+
+    line = AuditEvent.trusted_json(
+        "tool.called", "tools", "success", details={"odd": Secretive(), "raw": {1, 2}}
+    )
+    event = AuditEvent.model_validate_json(line)
+    assert event.details["odd"] == "<Secretive>" and "hunter2" not in line

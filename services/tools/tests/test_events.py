@@ -4,7 +4,9 @@ event goes through a real AuditPublisher into a real Redis stream and is read ba
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from services.tools.tests.helpers import (
 )
 
 from bastion_common.audit import AuditPublisher
-from bastion_common.logging import REDACTED
+from bastion_common.logging import REDACTED, request_id_var
 from bastion_common.redis import create_redis
 from bastion_tools.app import create_app
 from bastion_tools.events import Auditor
@@ -131,3 +133,41 @@ async def test_values_that_are_not_scalars_are_named_and_at_most_16_kept(
     summary = await recorded(auditor, redis_url, "shapes", arguments)
     assert len(summary) == 16
     assert (summary["a0"], summary["a1"], summary["a2"]) == ("<dict>", "<list>", 2)
+
+
+async def test_a_held_event_keeps_the_request_id_and_time_of_its_call(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Held events are rendered when they are handed over, outside the call's context:
+    what they say must still be read when the call made them."""
+    redis = create_redis(redis_url)
+    publisher = AuditPublisher(redis, tmp_path / "spool.jsonl")
+    await publisher.start()
+    try:
+        auditor = Auditor(publisher, linger=60)  # only flush() hands it over
+        token = request_id_var.set("req-of-the-call")
+        before = datetime.now(UTC)
+        try:
+            auditor.emit("tool.called", "success", principal_name="held", tool="echo")
+        finally:
+            request_id_var.reset(token)
+        after = datetime.now(UTC)
+        await asyncio.sleep(0.2)
+        auditor.flush()
+        event = await wait_for_event(redis_url, "tool.called", principal="held")
+    finally:
+        await publisher.close()
+        await redis.aclose()
+    assert event.request_id == "req-of-the-call"
+    assert before - timedelta(microseconds=1) <= event.time <= after
+
+
+async def test_an_event_of_an_unknown_type_is_refused_when_emitted(
+    redis_url: str, tmp_path: Path
+) -> None:
+    redis = create_redis(redis_url)
+    publisher = AuditPublisher(redis, tmp_path / "spool.jsonl")
+    auditor = Auditor(publisher, linger=60)
+    with pytest.raises(ValueError, match="unknown audit event type"):
+        auditor.emit("tool.caled", "success")
+    await redis.aclose()

@@ -120,8 +120,10 @@ class _UtcClock:
     def __init__(self) -> None:
         self._second: tuple[int, str] = (-1, "")
 
-    def text(self) -> str:
-        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    def text(self, at_ns: int | None = None) -> str:
+        """The time `at_ns` (nanoseconds since the epoch, as `time.time_ns()`; now when
+        None)."""
+        seconds, nanos = divmod(time.time_ns() if at_ns is None else at_ns, 1_000_000_000)
         cached, prefix = self._second  # one tuple: threads never see a torn pair
         if seconds != cached:
             prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
@@ -131,6 +133,11 @@ class _UtcClock:
 
 
 _CLOCK = _UtcClock()
+_FROM_CONTEXT: Any = object()  # trusted_json's request_id when the caller gives none
+
+
+def _type_name(value: Any) -> str:
+    return f"<{type(value).__name__}>"
 
 
 class AuditEvent(BaseModel):
@@ -182,9 +189,15 @@ class AuditEvent(BaseModel):
         ip: str | None = None,
         tool: str | None = None,
         details: dict[str, Any] | None = None,
+        request_id: str | None | object = _FROM_CONTEXT,
+        at_ns: int | None = None,
     ) -> str:
         """The JSON line of an event built by the service itself on a hot path (one per
         tool call), as the publisher sends it.
+
+        `request_id` defaults to the current request's, `at_ns` (when the event
+        happened, as `time.time_ns()`) to now: a caller that renders events after they
+        happened (`bastion_tools.events.Auditor`) passes both, read when it happened.
 
         It is what validation would accept (type from EVENT_TYPES, details redacted,
         strings cut to the schema's limits instead of refused) and what the model would
@@ -193,11 +206,12 @@ class AuditEvent(BaseModel):
         fields does."""
         if type_ not in EVENT_TYPES:
             raise ValueError(f"unknown audit event type {type_!r}")
-        request_id = request_id_var.get()
+        if request_id is _FROM_CONTEXT:
+            request_id = request_id_var.get()
         fields = {
             "schema_version": SCHEMA_VERSION,
             "id": random_hex(),  # same shape as uuid4().hex
-            "time": _CLOCK.text(),
+            "time": _CLOCK.text(at_ns),
             "type": type_,
             "service": service[:32],
             "outcome": outcome,
@@ -205,10 +219,12 @@ class AuditEvent(BaseModel):
             "client_id": client_id[:512] if client_id is not None else None,
             "ip": ip[:64] if ip is not None else None,
             "tool": tool[:64] if tool is not None else None,
-            "request_id": request_id[:128] if request_id is not None else None,
+            "request_id": request_id[:128] if isinstance(request_id, str) else None,
             "details": redact(details) if details else {},
         }
-        return to_json(fields).decode()
+        # A value JSON has no form for is named by its type, never rendered or refused:
+        # events rendered together must not fail one another.
+        return to_json(fields, fallback=_type_name).decode()
 
     def to_stream_fields(self) -> dict[str, str]:
         return {"v": str(self.schema_version), "event": self.model_dump_json()}
