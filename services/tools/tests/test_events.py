@@ -171,3 +171,25 @@ async def test_an_event_of_an_unknown_type_is_refused_when_emitted(
     with pytest.raises(ValueError, match="unknown audit event type"):
         auditor.emit("tool.caled", "success")
     await redis.aclose()
+
+
+async def test_an_event_whose_details_cannot_be_rendered_is_recorded_without_them(
+    redis_url: str, tmp_path: Path
+) -> None:
+    redis = create_redis(redis_url)
+    publisher = AuditPublisher(redis, tmp_path / "spool.jsonl")
+    await publisher.start()
+    looped: list[Any] = []
+    looped.append(looped)  # redaction would walk it for ever
+    try:
+        auditor = Auditor(publisher, linger=60)
+        auditor.emit("tool.called", "success", principal_name="loop", tool="echo", odd=looped)
+        auditor.emit("tool.called", "success", principal_name="after", tool="echo", n=1)
+        auditor.flush()
+        broken = await wait_for_event(redis_url, "tool.called", principal="loop")
+        after = await wait_for_event(redis_url, "tool.called", principal="after")
+    finally:
+        await publisher.close()
+        await redis.aclose()
+    assert broken.details == {"unrenderable": "RecursionError"}
+    assert after.details == {"n": 1}  # the event held with it is whole

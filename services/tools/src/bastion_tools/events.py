@@ -16,10 +16,18 @@ import time
 from typing import Any
 
 from bastion_common.audit import EVENT_TYPES, AuditEvent, AuditPublisher, Outcome
-from bastion_common.logging import REDACTED, is_sensitive_key, redact_text, request_id_var
+from bastion_common.logging import (
+    REDACTED,
+    get_logger,
+    is_sensitive_key,
+    redact_text,
+    request_id_var,
+)
 from bastion_common.tokens import Principal
 
 __all__ = ["Auditor"]
+
+log = get_logger(__name__)
 
 _MAX_ARG_CHARS = 200
 _MAX_KEY_CHARS = 64
@@ -84,7 +92,7 @@ class Auditor:
             self._timer = None
         held, self._held = self._held, []
         if held:
-            self._publisher.emit_many([self._render(*event) for event in held])
+            self._publisher.emit_many([self._render_or_say_why(event) for event in held])
 
     def emit(
         self,
@@ -109,13 +117,23 @@ class Auditor:
         event: _Held = (type_, outcome, principal, principal_name, ip, tool, details,
                         request_id_var.get(), time.time_ns())  # fmt: skip
         if self._linger <= 0:
-            self._publisher.emit(self._render(*event))
+            self._publisher.emit(self._render_or_say_why(event))
             return
         self._held.append(event)
         if len(self._held) >= self._max_batch:
             self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._linger, self.flush)
+
+    def _render_or_say_why(self, event: _Held) -> str:
+        """The event's JSON line; when its details cannot be rendered (a structure that
+        refers to itself, say), the event without them and the reason: one event must
+        not cost the others held with it their place in the record."""
+        try:
+            return self._render(*event)
+        except Exception as exc:  # noqa: BLE001 - any failure: the event is still recorded
+            log.error("audit.event_unrenderable", type=event[0], error=type(exc).__name__)
+            return self._render(*event[:6], {"unrenderable": type(exc).__name__}, *event[7:])
 
     def _render(
         self,
