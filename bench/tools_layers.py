@@ -20,8 +20,8 @@ Layers (`--layers`, all by default):
 - everything: the guard, the policy and the request context all off, which leaves
   the SDK and the tools inside the service's FastAPI app.
 
-A comparison of the full pipeline with itself reads within 2% of 0 over 6 rounds on
-this VM, so a layer under 2% cannot be told apart from nothing. Writes
+Two servers running the same code read within 2% of each other over 6 rounds on this
+VM (`tools_ab.py`), so a layer under 2% cannot be told apart from nothing. Writes
 bench/results/tools_layers[_modern|_stateful].json.
 
     .venv/bin/python bench/tools_layers.py [--modern | --stateful] [--rounds 6]
@@ -58,6 +58,7 @@ from harness import (
     wait_port,
     write_result,
 )
+from tools_ab import python_path
 
 LAYERS = ("limiter", "audit", "policy", "request-context", "everything")
 SWITCH = "BENCH_LAYER_OFF"
@@ -145,7 +146,7 @@ def main() -> None:
         parser.error("the 2026-07-28 protocol has no sessions: --modern excludes --stateful")
     stateless = not args.stateful
     call = MODERN_WEATHER_CALL if args.modern else WEATHER_CALL
-    source = os.pathsep.join(str(ROOT / part / "src") for part in ("libs/common", "services/tools"))
+    source = python_path(ROOT)
 
     with Processes("tools-layers-") as procs, tempfile.TemporaryDirectory() as scratch:
         hook = write_hook(Path(scratch) / "hook")

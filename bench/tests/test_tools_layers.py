@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts import `
 
 import tools_layers  # noqa: E402 - needs the path above
 from harness import ROOT  # noqa: E402
+from tools_ab import python_path  # noqa: E402
 
-SOURCE = os.pathsep.join(str(ROOT / part / "src") for part in ("libs/common", "services/tools"))
+SOURCE = python_path(ROOT)  # what the benchmark runs: this checkout's sources
 
 # Prints what each layer's entry point does when called the way the service calls it.
 PROBE = """
