@@ -15,15 +15,24 @@ on timing.
 Under valgrind a server runs some 50 times slower, so the secured server's audit linger
 is raised to 1 s (20 ms at full speed) to keep its audit batches about their real size;
 the limiter's batches come out smaller than at full speed, which counts against it.
-Needs valgrind (`apt-get install valgrind`). A run takes about five minutes.
+`--off LAYER` counts the secured server with one layer switched off by
+`tools_layers.py`'s start-up hook (limiter, audit, policy, request-context, everything),
+so what each layer costs is a difference of two counts, not of two noisy timings. The
+summary also gives the garbage collections during the counted calls: the callers run in
+lockstep, so a wave of calls waiting on Redis at once holds its objects together, and
+how many a call has made before its first wait decides how often generation 0 is
+collected (the served servers under wrk collect about equally often).
+Needs valgrind (`apt-get install valgrind`). A run takes two to five minutes.
 
     .venv/bin/python bench/tools_instructions.py [--calls 320] [--stateful | --modern]
+        [--off LAYER]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -36,6 +45,7 @@ from typing import Any
 
 from harness import (
     MODERN_WEATHER_CALL,
+    ROOT,
     WEATHER_CALL,
     Issuer,
     Processes,
@@ -44,6 +54,8 @@ from harness import (
     tools_env,
     write_result,
 )
+from tools_ab import python_path
+from tools_layers import LAYERS, SWITCH, write_hook
 
 CONCURRENCY = 16
 PUBLIC_URL = "http://localhost:9999"
@@ -97,7 +109,9 @@ async def _session(app: Any, headers: Headers) -> Headers:
     return with_session
 
 
-async def _drive(app: Any, headers: Headers, mode: str, calls: int, warmup: int) -> None:
+async def _drive(app: Any, headers: Headers, mode: str, calls: int, warmup: int) -> list[int]:
+    """Warm up, then the counted calls; the garbage collections (per generation) they
+    caused."""
     body = MODERN_WEATHER_CALL if mode == "modern" else WEATHER_CALL
     sessions = [
         await _session(app, headers) if mode == "stateful" else headers for _ in range(CONCURRENCY)
@@ -120,14 +134,18 @@ async def _drive(app: Any, headers: Headers, mode: str, calls: int, warmup: int)
     counting = shutil.which("callgrind_control")
     if counting:
         subprocess.run([counting, "-z", str(os.getpid())], check=True, capture_output=True)
+    before = [generation["collections"] for generation in gc.get_stats()]
     await round_of(calls)
     if counting:
         subprocess.run([counting, "-d", "measured", str(os.getpid())], check=True,
                        capture_output=True)  # fmt: skip
+    after = [generation["collections"] for generation in gc.get_stats()]
+    return [a - b for a, b in zip(after, before, strict=True)]
 
 
-def measure(which: str, mode: str, calls: int, redis_url: str, token: str) -> None:
-    """Child process (under valgrind): build one app, warm it up, run the counted calls."""
+def measure(which: str, mode: str, calls: int, redis_url: str, token: str, out: str) -> None:
+    """Child process (under valgrind): build one app, warm it up, run the counted calls;
+    the collections they caused go to `out`/`which`.gc.json."""
     from bastion_common.service import freeze_startup_objects
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -150,12 +168,13 @@ def measure(which: str, mode: str, calls: int, redis_url: str, token: str) -> No
         host = "localhost:9999"
     raw = [(k.lower().encode(), v.encode()) for k, v in {**headers, "Host": host}.items()]
 
-    async def run() -> None:
+    async def run() -> list[int]:
         async with app.router.lifespan_context(app):
             freeze_startup_objects()  # as the served processes do
-            await _drive(app, raw, mode, calls, warmup=max(CONCURRENCY, calls // 2))
+            return await _drive(app, raw, mode, calls, warmup=max(CONCURRENCY, calls // 2))
 
-    asyncio.run(run())
+    collections = asyncio.run(run())
+    (Path(out) / f"{which}.gc.json").write_text(json.dumps(collections))
 
 
 def _instructions(dump_dir: Path, which: str) -> int:
@@ -174,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--stateful", action="store_true", help="one session per caller")
     modes.add_argument("--modern", action="store_true", help="the 2026-07-28 protocol")
+    parser.add_argument(
+        "--off", choices=LAYERS,
+        help="count the secured server with this layer switched off (tools_layers' hook)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     require("valgrind", "callgrind_control", "redis-server")
     mode = "stateful" if args.stateful else "modern" if args.modern else "stateless"
@@ -185,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         env = tools_env(port=9999, public_url=PUBLIC_URL, redis_url=redis_url, issuer=issuer,
                         workdir=procs.workdir, stateless=mode != "stateful")  # fmt: skip
         env["TOOLS_AUDIT_LINGER_SECONDS"] = "1.0"
+        envs = {"plain": env, "secured": env}
+        if args.off:
+            hook = write_hook(Path(out) / "hook")
+            envs["secured"] = {**env, SWITCH: args.off,
+                               "PYTHONPATH": f"{hook}{os.pathsep}{python_path(ROOT)}"}  # fmt: skip
         token = issuer.token(f"{PUBLIC_URL}/mcp")
         children = {
             which: subprocess.Popen(
@@ -200,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     str(calls),
                     redis_url,
                     token,
+                    out,
                 ],
-                env=env,
+                env=envs[which],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )  # fmt: skip
@@ -213,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 tail = stderr.decode(errors="replace").strip().splitlines()[-5:]
                 raise RuntimeError(f"the {which} server failed: " + " | ".join(tail))
         counted = {which: _instructions(Path(out), which) / calls for which in children}
+        collections = {
+            which: json.loads((Path(out) / f"{which}.gc.json").read_text()) for which in children
+        }
         issuer.close()
 
     plain, secured = counted["plain"], counted["secured"]
@@ -224,14 +256,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         "secured_instructions_per_call": round(secured),
         "pipeline_instructions_per_call": round(secured - plain),
         "instruction_ratio": round(plain / secured, 3),
+        "secured_layer_off": args.off,
+        # Collections (generations 0, 1, 2) during the counted calls: this harness's
+        # callers run in lockstep, so each wave of calls that waits on Redis at once
+        # holds its objects together, and gen-0 collections follow how many a call
+        # allocates before it first waits.
+        "gc_collections": collections,
     }
     print(json.dumps(summary, indent=2))
-    write_result(f"tools_instructions_{mode}", summary)
+    write_result(f"tools_instructions_{mode}" + (f"_{args.off}_off" if args.off else ""), summary)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "measure":
-        which, mode, calls, redis_url, token = sys.argv[2:7]
-        measure(which, mode, int(calls), redis_url, token)
+        which, mode, calls, redis_url, token, out = sys.argv[2:8]
+        measure(which, mode, int(calls), redis_url, token, out)
     else:
         main()
