@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import pydantic_core
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -260,7 +260,17 @@ class Guard:
                               reason=refusal.reason, status=refusal.status)  # fmt: skip
             raise
         plan = self._plan(principal, token)
-        decision = await self._take(deps, plan, calls, ip)
+        try:
+            decision = await deps.limiter.take(
+                plan.bucket_key,
+                capacity=plan.capacity,
+                refill_per_second=plan.refill_per_second,
+                cost=calls.cost,
+                denylist_key=plan.denylist_key,
+            )
+        except LimiterUnavailable as exc:
+            self._state_unavailable(deps, plan, calls, ip, exc)
+        self._judge(deps, plan, calls, ip, decision)
         if calls.unparsable:
             deps.auditor.emit("request.invalid", "failure", principal=principal, ip=ip,
                               reason="parse_error", status=400)  # fmt: skip
@@ -480,28 +490,29 @@ class Guard:
             cost += 1
         return _Calls(max(1, cost), tuple(tools), first)
 
-    async def _take(self, deps: GuardDeps, plan: _Plan, calls: _Calls, ip: str) -> Decision:
+    def _state_unavailable(
+        self, deps: GuardDeps, plan: _Plan, calls: _Calls, ip: str, exc: LimiterUnavailable
+    ) -> NoReturn:
+        """Revocation and the rate limit cannot be checked: refuse (fail closed)."""
+        log.error("guard.state_unavailable", error=str(exc))
+        deps.auditor.emit(
+            "ratelimit.refused", "error", principal=plan.principal, ip=ip,
+            tool=calls.first_tool_name, reason="state store unavailable",
+        )  # fmt: skip
+        raise _Refusal(
+            503,
+            _rpc_error("revocation and rate-limit state unavailable; call refused"),
+            {"Retry-After": "1"},
+            reason="redis_down",
+        ) from None
+
+    def _judge(
+        self, deps: GuardDeps, plan: _Plan, calls: _Calls, ip: str, decision: Decision
+    ) -> None:
+        """Refuse a revoked token (401) or an empty bucket (429). Not a coroutine: the
+        limiter is awaited in `_handle` itself, and each coroutine level on the way to
+        that wait is paid again when the call resumes."""
         principal = plan.principal
-        try:
-            decision = await deps.limiter.take(
-                plan.bucket_key,
-                capacity=plan.capacity,
-                refill_per_second=plan.refill_per_second,
-                cost=calls.cost,
-                denylist_key=plan.denylist_key,
-            )
-        except LimiterUnavailable as exc:
-            log.error("guard.state_unavailable", error=str(exc))
-            deps.auditor.emit(
-                "ratelimit.refused", "error", principal=principal, ip=ip,
-                tool=calls.first_tool_name, reason="state store unavailable",
-            )  # fmt: skip
-            raise _Refusal(
-                503,
-                _rpc_error("revocation and rate-limit state unavailable; call refused"),
-                {"Retry-After": "1"},
-                reason="redis_down",
-            ) from None
         if decision.status == "revoked":
             deps.auditor.emit(
                 "authn.failed", "failure", principal=principal, ip=ip, reason="token revoked",
@@ -527,7 +538,6 @@ class Guard:
                 {"Retry-After": str(retry), **plan.refusal_headers(decision)},
                 reason="rate_limited",
             )
-        return decision
 
 
 def _foreign_session(deps: GuardDeps, principal: Principal, ip: str, session: str) -> None:

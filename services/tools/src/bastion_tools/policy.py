@@ -42,38 +42,18 @@ class ToolCallPolicy:
     async def __call__(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
-        if ctx.method not in ("tools/list", "tools/call"):
+        # One coroutine for the whole of a tool call (no helper coroutine): every call
+        # passes here, and each coroutine level is paid again whenever the call resumes.
+        method = ctx.method
+        if method != "tools/call" and method != "tools/list":
             return await call_next(ctx)
         scope = getattr(ctx.request, "scope", None) or {}
         principal = scope.get(PRINCIPAL_SCOPE_KEY)
         if not isinstance(principal, Principal):
             raise MCPError(code=-32001, message="not authenticated")
-        ip = scope.get("bastion.ip")
-        if ctx.method == "tools/list":
+        if method == "tools/list":
             return self._filtered(await call_next(ctx), principal)
-        return await self._call(ctx, call_next, principal, ip)
-
-    def _filtered(self, result: HandlerResult, principal: Principal) -> HandlerResult:
-        def allowed(name: str) -> bool:
-            spec = self._catalog.get(name)
-            return spec is not None and spec.permission in principal.scopes
-
-        if isinstance(result, ListToolsResult):
-            return result.model_copy(update={"tools": [t for t in result.tools if allowed(t.name)]})
-        if isinstance(result, Mapping) and isinstance(result.get("tools"), list):
-            tools = [
-                t for t in result["tools"] if isinstance(t, Mapping) and allowed(str(t.get("name")))
-            ]
-            return {**result, "tools": tools}
-        return result
-
-    async def _call(
-        self,
-        ctx: ServerRequestContext[Any, Any],
-        call_next: CallNext,
-        principal: Principal,
-        ip: str | None,
-    ) -> HandlerResult:
+        ip = scope.get("bastion.ip")
         params = ctx.params or {}
         name = params.get("name")
         arguments = params.get("arguments") or {}
@@ -119,3 +99,17 @@ class ToolCallPolicy:
                     "tool.called", outcome, principal=principal, ip=ip, tool=spec.name,
                     arguments=arguments, latency_ms=round(elapsed * 1000, 3),
                 )  # fmt: skip
+
+    def _filtered(self, result: HandlerResult, principal: Principal) -> HandlerResult:
+        def allowed(name: str) -> bool:
+            spec = self._catalog.get(name)
+            return spec is not None and spec.permission in principal.scopes
+
+        if isinstance(result, ListToolsResult):
+            return result.model_copy(update={"tools": [t for t in result.tools if allowed(t.name)]})
+        if isinstance(result, Mapping) and isinstance(result.get("tools"), list):
+            tools = [
+                t for t in result["tools"] if isinstance(t, Mapping) and allowed(str(t.get("name")))
+            ]
+            return {**result, "tools": tools}
+        return result

@@ -117,7 +117,20 @@ class RateLimiter:
                 # waits for the turn's end (call_soon), then sends them all.
                 self._busy = True
                 loop.call_soon(self._pass_on)
-            raw = await self._wait(call, loop)
+            # Queue behind the batch in flight; the answer comes with the next batch, or
+            # says this call is to send it. (Inline, not a coroutine of its own: every
+            # call passes here, and each coroutine level is paid on every resumption.)
+            answer: asyncio.Future[Any] = loop.create_future()
+            self._waiting.append((call, answer))
+            try:
+                raw = await answer
+            except asyncio.CancelledError:
+                if (answer.done() and not answer.cancelled() and answer.exception() is None
+                        and answer.result() is _LEAD):  # fmt: skip
+                    self._pass_on()  # chosen to send, then cancelled: the next one sends
+                raise
+            if raw is _LEAD:
+                raw = await self._send(call)
         except (RedisError, OSError) as exc:
             raise LimiterUnavailable(type(exc).__name__) from None
         status, remaining, retry = raw
@@ -125,20 +138,6 @@ class RateLimiter:
             raise LimiterUnavailable("bucket unreadable")
         return Decision(_STATUS[status], capacity, float(remaining), float(retry),
                         refill_per_second)  # fmt: skip
-
-    async def _wait(self, call: _Call, loop: asyncio.AbstractEventLoop) -> Any:
-        """Queue behind the batch in flight; the answer comes with the next batch, or
-        says this call is to send it."""
-        answer: asyncio.Future[Any] = loop.create_future()
-        self._waiting.append((call, answer))
-        try:
-            raw = await answer
-        except asyncio.CancelledError:
-            if (answer.done() and not answer.cancelled() and answer.exception() is None
-                    and answer.result() is _LEAD):  # fmt: skip
-                self._pass_on()  # chosen to send, then cancelled: the next one sends
-            raise
-        return await self._send(call) if raw is _LEAD else raw
 
     async def _send(self, own: _Call) -> Any:
         """Send `own` and every call waiting (up to `max_batch`) in one script
