@@ -8,9 +8,9 @@ of its own under `valgrind --tool=callgrind` and is driven directly (no HTTP ser
 layer both would share is left out), 16 callers at once, the same `get_weather` call as
 `tools_overhead.py`, against one private redis-server. Counting is zeroed after a
 warm-up and dumped after the measured calls (`callgrind_control`), so start-up is left
-out. Two runs of the plain server agree to 0.05%; the secured server's figure moves by
-about 1% between runs, because how many rate-limit decisions share a round trip depends
-on timing.
+out. Runs of the plain server agreed to 0.05% in one session and within 1% in another; the
+secured server's figure moves by about 1% between runs, because how many rate-limit
+decisions share a round trip depends on timing.
 
 Under valgrind a server runs some 50 times slower, so the secured server's audit linger
 is raised to 1 s (20 ms at full speed) to keep its audit batches about their real size;
