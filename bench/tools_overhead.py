@@ -1,7 +1,7 @@
 """What the security pipeline of `tools` costs: the same tool on two servers, one run.
 
 - plain: the `mcp` SDK's MCPServer with `get_weather` (the same tool code, reading the
-  same Redis), streamable HTTP, no security at all;
+  same Redis through the same client), streamable HTTP, no security at all;
 - secured: `python -m bastion_tools` with the full pipeline (Host/Origin, ES256 token
   validated locally against a JWKS, one Lua round trip for denylist + token bucket,
   RBAC, argument validation, an audit event per call).
@@ -63,11 +63,14 @@ def plain_app(redis_url: str, stateless: bool) -> Any:
 
     from mcp.server.mcpserver import MCPServer
     from mcp.server.transport_security import TransportSecuritySettings
-    from redis.asyncio import Redis
 
+    from bastion_common.redis import create_command_redis
     from bastion_tools.tools.weather import WeatherStore
 
-    redis = Redis.from_url(redis_url)
+    # The client `tools` gives the same store (each command bounded by one shared timer):
+    # redis-py's own bound costs a timer per send and per read, which would put the
+    # difference between two clients into the pipeline's figure.
+    redis = create_command_redis(redis_url)
     store = WeatherStore(redis)
     mcp: MCPServer[object] = MCPServer(name="plain")
 
