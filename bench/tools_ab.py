@@ -7,6 +7,11 @@ own `wrk` on CPU 1: the scheduler gives each half of the core, so the ratio of t
 calls/s over the same seconds is the ratio of their CPU per call, and whatever the host
 does to the clock falls on both. Comparing a version with itself reads 0.99-1.01.
 
+`--alone` loads each side on its own instead, A and B in turn, and prints the share of
+its core each kept busy: time a server spends waiting with nothing to do (all its calls
+waiting on one Redis round trip, say) does not show when the two share a core, because
+the other one fills it. Drift between the two runs then counts too.
+
 Each side is a git ref of this repository (exported with `git archive` into a
 temporary folder) or `.` for the working tree as it is; both run in this checkout's
 virtual environment, so the two refs must agree on dependencies. Prints each round's
@@ -14,6 +19,7 @@ calls/s and the median ratio B/A.
 
     .venv/bin/python bench/tools_ab.py --a HEAD --b . [--modern | --stateful]
     .venv/bin/python bench/tools_ab.py --a HEAD~3 --b HEAD --rounds 8
+    .venv/bin/python bench/tools_ab.py --a HEAD --b . --modern --alone --rounds 12
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from harness import (
     Processes,
     Wrk,
     check_call,
+    cpu_seconds,
     free_port,
     mcp_headers,
     median,
@@ -77,6 +84,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--stateful", action="store_true", help="one session per connection")
     parser.add_argument("--modern", action="store_true", help="the 2026-07-28 protocol")
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="load each side on its own, A and B in turn (idle time counts, drift does too)",
+    )
     args = parser.parse_args()
     require("wrk", "redis-server", "git")
     if args.modern and args.stateful:
@@ -88,6 +100,7 @@ def main() -> None:
         _, redis_url = procs.redis()
         issuer = Issuer()
         servers: dict[str, tuple[str, str]] = {}  # side: (url, token)
+        pids: dict[str, int] = {}
         for side, ref in (("A", args.a), ("B", args.b)):
             tree = source_tree(ref, Path(exports) / side)
             port = free_port()
@@ -95,7 +108,9 @@ def main() -> None:
             env = tools_env(port=port, public_url=public_url, redis_url=redis_url,
                             issuer=issuer, workdir=procs.workdir, stateless=stateless)  # fmt: skip
             env["PYTHONPATH"] = python_path(tree)
-            procs.start(pinned([PYTHON, "-m", "bastion_tools"], SERVER_CPU), env=env)
+            pids[side] = procs.start(
+                pinned([PYTHON, "-m", "bastion_tools"], SERVER_CPU), env=env
+            ).pid
             servers[side] = (f"{public_url}/mcp", issuer.token(f"{public_url}/mcp"))
         sessions: dict[str, list[str]] = {}
         for side, (url, token) in servers.items():
@@ -116,14 +131,25 @@ def main() -> None:
         ratios: list[float] = []
         for round_no in range(args.rounds):
             order = ("A", "B") if round_no % 2 == 0 else ("B", "A")  # neither always first
-            started = {side: load(side, args.duration).start() for side in order}
-            done = {side: wrk.result() for side, wrk in started.items()}
+            busy: dict[str, float] = {}
+            if args.alone:
+                done = {}
+                for side in order:
+                    before = cpu_seconds(pids[side])
+                    done[side] = load(side, args.duration).run()
+                    # The share of its core the side kept busy: below 1, it waited.
+                    busy[side] = (cpu_seconds(pids[side]) - before) / done[side]["duration_s"]
+            else:
+                started = {side: load(side, args.duration).start() for side in order}
+                done = {side: wrk.result() for side, wrk in started.items()}
             a, b = done["A"]["calls_per_s"], done["B"]["calls_per_s"]
             ratios.append(b / a)
+            shares = f", busy A {busy['A']:.3f} B {busy['B']:.3f}" if busy else ""
             print(f"round {round_no + 1}/{args.rounds}: A {a:.0f}/s, B {b:.0f}/s, B/A "
-                  f"{ratios[-1]:.3f}", file=sys.stderr)  # fmt: skip
+                  f"{ratios[-1]:.3f}{shares}", file=sys.stderr)  # fmt: skip
         issuer.close()
     mode = "2026-07-28" if args.modern else "stateful" if args.stateful else "stateless"
+    mode += ", each alone" if args.alone else ", both at once"
     print(
         f"B/A calls/s: median {median(ratios):.3f} over {len(ratios)} rounds "
         f"(range {min(ratios):.3f}-{max(ratios):.3f}; {mode}; A={args.a}, B={args.b})"

@@ -15,7 +15,8 @@ to CPU 0; the load comes from `wrk`
 every call, so its signature is verified once and then served from the cache, as for a
 real client. The two servers are measured alternately (`--rounds`, medians kept) so that
 other load on the machine falls on both alike. Output: calls/s, p50/p95/p99 and the server
-process's CPU time per call for each server, the throughput ratio, and the differences
+process's CPU time per call and the share of its core it kept busy for each server, the
+throughput ratio, and the differences
 (the pipeline's own cost per call). Writes bench/results/tools_overhead.json.
 
     .venv/bin/python bench/tools_overhead.py [--duration 10] [--connections 16]
@@ -197,16 +198,19 @@ def main() -> None:
                 run = load(name, url, args.duration).run()
                 if spy is not None:
                     spy.wait(timeout=args.duration + 30)
-                run["server_cpu_ms_per_call"] = round(
-                    (cpu_seconds(pid) - cpu_before) * 1000 / max(1, run["requests"]), 3
-                )
+                cpu = cpu_seconds(pid) - cpu_before
+                run["server_cpu_ms_per_call"] = round(cpu * 1000 / max(1, run["requests"]), 3)
+                # The share of CPU 0 the server kept busy: below 1, all its calls waited at
+                # once (on Redis) for part of the run.
+                run["server_busy"] = round(cpu / run["duration_s"], 3)
                 runs[name].append(run)
             plain_run, secured_run = runs["plain"][-1], runs["secured"][-1]
             print(
                 f"round {round_no + 1}/{args.rounds}: plain {plain_run['calls_per_s']:.0f}/s "
                 f"{plain_run['server_cpu_ms_per_call']:.3f} ms cpu, secured "
                 f"{secured_run['calls_per_s']:.0f}/s {secured_run['server_cpu_ms_per_call']:.3f}"
-                f" ms cpu, ratio {secured_run['calls_per_s'] / plain_run['calls_per_s']:.3f}",
+                f" ms cpu, ratio {secured_run['calls_per_s'] / plain_run['calls_per_s']:.3f}"
+                f" (busy {plain_run['server_busy']:.3f} vs {secured_run['server_busy']:.3f})",
                 file=sys.stderr,
             )
         # Both servers loaded at once, sharing CPU 0: the scheduler gives each half of it,
