@@ -7,15 +7,15 @@ own `wrk` on CPU 1: the scheduler gives each half of the core, so the ratio of t
 calls/s over the same seconds is the ratio of their CPU per call, and whatever the host
 does to the clock falls on both. Comparing a version with itself reads 0.99-1.01.
 
-`--alone` loads each side on its own instead, A and B in turn, and prints the share of
-its core each kept busy: time a server spends waiting with nothing to do (all its calls
-waiting on one Redis round trip, say) does not show when the two share a core, because
-the other one fills it. Drift between the two runs then counts too.
+`--alone` loads each side on its own instead, A and B in turn: time a server spends
+waiting with nothing to do (all its calls waiting on one Redis round trip, say) does
+not show when the two share a core, because the other one fills it. Drift between the
+two runs then counts too.
 
 Each side is a git ref of this repository (exported with `git archive` into a
 temporary folder) or `.` for the working tree as it is; both run in this checkout's
 virtual environment, so the two refs must agree on dependencies. Prints each round's
-calls/s and the median ratio B/A.
+calls/s and the share of its core each side kept busy, and the median ratio B/A.
 
     .venv/bin/python bench/tools_ab.py --a HEAD --b . [--modern | --stateful]
     .venv/bin/python bench/tools_ab.py --a HEAD~3 --b HEAD --rounds 8
@@ -131,22 +131,24 @@ def main() -> None:
         ratios: list[float] = []
         for round_no in range(args.rounds):
             order = ("A", "B") if round_no % 2 == 0 else ("B", "A")  # neither always first
-            busy: dict[str, float] = {}
+            # The share of CPU 0 each side kept busy (CPU seconds over wall seconds): below
+            # 1 alone, or below a half with both at once, it waited with nothing to do.
+            before = {side: cpu_seconds(pid) for side, pid in pids.items()}
             if args.alone:
                 done = {}
                 for side in order:
-                    before = cpu_seconds(pids[side])
+                    before[side] = cpu_seconds(pids[side])
                     done[side] = load(side, args.duration).run()
-                    # The share of its core the side kept busy: below 1, it waited.
-                    busy[side] = (cpu_seconds(pids[side]) - before) / done[side]["duration_s"]
             else:
                 started = {side: load(side, args.duration).start() for side in order}
                 done = {side: wrk.result() for side, wrk in started.items()}
+            busy = {side: (cpu_seconds(pids[side]) - before[side]) / done[side]["duration_s"]
+                    for side in order}  # fmt: skip
             a, b = done["A"]["calls_per_s"], done["B"]["calls_per_s"]
             ratios.append(b / a)
-            shares = f", busy A {busy['A']:.3f} B {busy['B']:.3f}" if busy else ""
             print(f"round {round_no + 1}/{args.rounds}: A {a:.0f}/s, B {b:.0f}/s, B/A "
-                  f"{ratios[-1]:.3f}{shares}", file=sys.stderr)  # fmt: skip
+                  f"{ratios[-1]:.3f}, busy A {busy['A']:.3f} B {busy['B']:.3f}",
+                  file=sys.stderr)  # fmt: skip
         issuer.close()
     mode = "2026-07-28" if args.modern else "stateful" if args.stateful else "stateless"
     mode += ", each alone" if args.alone else ", both at once"
