@@ -200,8 +200,8 @@ def main() -> None:
                     spy.wait(timeout=args.duration + 30)
                 cpu = cpu_seconds(pid) - cpu_before
                 run["server_cpu_ms_per_call"] = round(cpu * 1000 / max(1, run["requests"]), 3)
-                # The share of CPU 0 the server kept busy: below 1, all its calls waited at
-                # once (on Redis) for part of the run.
+                # The share of CPU 0 the server kept busy: below 1, it had nothing to do
+                # for part of the run (every call it held was waiting, on Redis say).
                 run["server_busy"] = round(cpu / run["duration_s"], 3)
                 runs[name].append(run)
             plain_run, secured_run = runs["plain"][-1], runs["secured"][-1]
