@@ -138,6 +138,29 @@ def test_brute_force_on_one_account_fires_with_its_evidence(normal: AuditStore) 
     }
 
 
+def test_brute_force_spread_over_spellings_of_one_account_still_fires(
+    normal: AuditStore,
+) -> None:
+    """`Alice`, `ALICE`, ` alice` share one lockout in auth; kept apart, each spelling
+    would stay under the threshold and the attack would raise no alert."""
+    spellings = ["Alice", "ALICE", " alice", "aLiCe", "alice "]
+    attack = [
+        event(
+            "auth.login",
+            "failure",
+            principal=spellings[i % len(spellings)],
+            ip="203.0.113.9",
+            at=NOW - timedelta(minutes=30 - i),
+        )
+        for i in range(25)
+    ]
+    normal.add_batch(attack)
+    (alert,) = alerts(normal)
+    assert alert["rule"] == "brute_force" and alert["principal"] == "alice"
+    assert alert["evidence"]["failed_logins"] >= 25
+    assert alert["evidence"]["sample_event_ids"]
+
+
 def test_password_spraying_from_one_ip_fires(normal: AuditStore) -> None:
     normal.add_batch(
         [

@@ -15,9 +15,9 @@ def _query(location: str) -> dict[str, str]:
 async def test_plain_pkce_is_refused(h: Harness) -> None:
     client_id = await h.register()
     response = await h.authorize(client_id, code_challenge_method="plain")
-    assert response.status_code == 302
-    q = _query(response.headers["location"])
-    assert q["error"] == "invalid_request" and q["state"] == "st-123" and q["iss"]
+    # A self-registered client gets an error page, not a redirect (RFC 9700 §4.11.2).
+    assert response.status_code == 400 and "location" not in response.headers
+    assert "S256" in response.text
     events = await h.events("oauth.request_failed")
     assert events[0]["details"]["error"] == "invalid_request"
 
@@ -35,8 +35,8 @@ async def test_missing_pkce_challenge_is_refused(h: Harness) -> None:
             "state": "s",
         },
     )
-    assert response.status_code == 302
-    assert _query(response.headers["location"])["error"] == "invalid_request"
+    assert response.status_code == 400 and "location" not in response.headers
+    assert "code_challenge" in response.text
 
 
 @pytest.mark.anyio

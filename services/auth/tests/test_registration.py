@@ -17,7 +17,12 @@ GOOD: dict[str, Any] = {
 @pytest.mark.parametrize(
     ("change", "error"),
     [
-        ({"application_type": None}, "invalid_client_metadata"),
+        ({"application_type": "desktop"}, "invalid_client_metadata"),
+        ({"redirect_uris": ["file:///etc/passwd"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["myapp:/cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["com.example.app:cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["https://ok.example;x/cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["https://ok.example'/cb"]}, "invalid_redirect_uri"),
         ({"redirect_uris": ["javascript:alert(1)"]}, "invalid_redirect_uri"),
         ({"redirect_uris": ["data:text/html,hi"]}, "invalid_redirect_uri"),
         ({"redirect_uris": ["http://evil.example/cb"]}, "invalid_redirect_uri"),
@@ -60,3 +65,24 @@ async def test_good_registration_returns_a_public_client(h: Harness) -> None:
     assert body["token_endpoint_auth_method"] == "none" and "client_secret" not in body
     events = await h.events("client.registered")
     assert events[0]["client_id"] == body["client_id"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("uris", "expected"),
+    [
+        ([REDIRECT, "http://localhost:33333/cb", "http://[::1]:4000/cb"], "native"),
+        (["com.example.app:/oauth/callback"], "native"),
+        (["https://app.example/cb"], "web"),
+        ([REDIRECT, "https://app.example/cb"], "web"),
+    ],
+)
+async def test_application_type_is_inferred_when_left_out(
+    h: Harness, uris: list[str], expected: str
+) -> None:
+    """RFC 7591 makes application_type optional (OIDC Registration defaults it to web):
+    an MCP client that leaves it out registers, typed by where its redirects go."""
+    body = {k: v for k, v in GOOD.items() if k != "application_type"}
+    response = await h.client.post("/register", json={**body, "redirect_uris": uris})
+    assert response.status_code == 201, response.text
+    assert response.json()["application_type"] == expected

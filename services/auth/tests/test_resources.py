@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
-
 import pytest
 from services.auth.tests.helpers import ADMIN, AUDIT, TOOLS, Harness, pkce_pair
 
@@ -13,9 +11,9 @@ async def test_missing_or_unknown_resource_is_refused_at_authorize(
 ) -> None:
     client_id = await h.register()
     response = await h.authorize(client_id, resource=resource)
-    assert response.status_code == 302
-    q = parse_qs(urlsplit(response.headers["location"]).query)
-    assert q["error"] == ["invalid_target"]
+    assert response.status_code == 400 and "location" not in response.headers
+    events = await h.events("oauth.request_failed")
+    assert events[0]["details"]["error"] == "invalid_target"
 
 
 @pytest.mark.anyio

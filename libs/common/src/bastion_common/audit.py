@@ -67,7 +67,8 @@ Outcome = Literal["success", "failure", "denied", "error"]
 # limit, lockout); error (the service could not do its part).
 EVENT_TYPES: dict[str, str] = {
     "service.started": "a service finished starting",
-    "auth.login": "a login attempt (principal = the username tried)",
+    "auth.login": "a login attempt (principal = the account name tried, trimmed, lower case)",
+    "auth.logout": "a person signed out on the consent page (not you? sign out)",
     "auth.lockout": "an account or client IP was locked after repeated failures",
     "auth.consent": "a user allowed (success) or refused (denied) a client",
     "oauth.code_issued": "an authorization code was issued",

@@ -120,14 +120,20 @@ def _top(w: _Window, column: str) -> list[dict[str, Any]]:
     ]
 
 
+# One account however it was typed: auth records the account name trimmed and lower
+# case, and older records (or another publisher) may not, so the report folds it again.
+_ACCOUNT = "LOWER(TRIM(principal))"
+
+
 def _brute_force(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
     out = []
     for principal, n, ips, first, last in w.rows(
-        "SELECT principal, COUNT(*), GROUP_CONCAT(DISTINCT ip), MIN(ts), MAX(ts) FROM events"
+        "SELECT LOWER(TRIM(principal)), COUNT(*), GROUP_CONCAT(DISTINCT ip), MIN(ts), MAX(ts)"
+        " FROM events"
         # Attempts refused while the account is locked ('denied') are attempts too: with
         # auth's lockout at 5 failures, counting failures alone would never reach 10.
         " WHERE ts >= ? AND ts < ? AND type = 'auth.login' AND outcome IN ('failure', 'denied')"
-        " AND principal IS NOT NULL GROUP BY principal HAVING COUNT(*) >= ?",
+        " AND principal IS NOT NULL GROUP BY LOWER(TRIM(principal)) HAVING COUNT(*) >= ?",
         t.brute_force_failures,
     ):
         out.append(
@@ -142,7 +148,7 @@ def _brute_force(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
                     "ips": _split(ips),
                     "first": _iso(first),
                     "last": _iso(last),
-                    "sample_event_ids": w.samples("principal", principal, "auth.login", "failure"),
+                    "sample_event_ids": w.samples(_ACCOUNT, principal, "auth.login", "failure"),
                 },
             }
         )
@@ -152,15 +158,15 @@ def _brute_force(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
 def _spraying(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
     out = []
     for ip, accounts, n, first, last in w.rows(
-        "SELECT ip, COUNT(DISTINCT principal), COUNT(*), MIN(ts), MAX(ts) FROM events"
+        "SELECT ip, COUNT(DISTINCT LOWER(TRIM(principal))), COUNT(*), MIN(ts), MAX(ts) FROM events"
         " WHERE ts >= ? AND ts < ? AND type = 'auth.login' AND outcome = 'failure'"
-        " AND ip IS NOT NULL GROUP BY ip HAVING COUNT(DISTINCT principal) >= ?",
+        " AND ip IS NOT NULL GROUP BY ip HAVING COUNT(DISTINCT LOWER(TRIM(principal))) >= ?",
         t.spray_accounts,
     ):
         names = [
             r[0]
             for r in w.rows(
-                "SELECT DISTINCT principal FROM events WHERE ts >= ? AND ts < ?"
+                "SELECT DISTINCT LOWER(TRIM(principal)) FROM events WHERE ts >= ? AND ts < ?"
                 " AND type = 'auth.login' AND outcome = 'failure' AND ip = ? ORDER BY 1 LIMIT 20",
                 ip,
             )

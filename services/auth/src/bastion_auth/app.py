@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import httpx2
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from bastion_auth import admin, authorize, grants, introspection, revocation
 from bastion_auth.clients import SERVICE_CLIENT, ClientStore
@@ -15,6 +16,7 @@ from bastion_auth.deps import AuthContext
 from bastion_auth.errors import OAuthError, oauth_error_response
 from bastion_auth.keys import KeyRing
 from bastion_auth.lockout import Lockout
+from bastion_auth.pages import STATIC_DIR, STATIC_PATH
 from bastion_auth.settings import Settings
 from bastion_auth.store import BOOTSTRAP_LOCK
 from bastion_auth.tokens import TokenService
@@ -125,4 +127,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     for module in (admin, authorize, grants, revocation, introspection):
         app.include_router(module.router)
+    # The pages' stylesheet: their CSP allows styles from this origin only.
+    app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -1,9 +1,17 @@
 """The authorization endpoint (RFC 6749 §4.1.1, OAuth 2.1 §4.1) with login and consent.
 
 Order of checks (RFC 6749 §4.1.2.1): an unknown client or redirect URI gets an error page
-and is never redirected to (no open redirect); every later error goes back to the client
-with `error`, the unchanged `state` and `iss` (RFC 9207). Forms carry a CSRF token bound
-to the browser session and the pending request; the session id changes at login.
+and is never redirected to (no open redirect). A malformed request from a known client
+gets an error page too: clients register themselves, so redirecting before the person
+has done anything would bounce them wherever a client registered (RFC 9700 §4.11.2).
+Only the person's answer (sign-in cancelled, access allowed or denied) goes back to the
+client, with the unchanged `state` and `iss` (RFC 9207).
+
+A browser session serves one authorization request: signing in binds it to that request,
+and answering the consent ends it (the cookie is deleted on the redirect). Loopback
+clients share the issuer's cookie scope when the issuer is on localhost (cookies ignore
+ports), so a session that outlived its request would let such a client drive
+/authorize itself. Forms carry a CSRF token bound to the session and the request.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from bastion_auth.cimd import resolve_client
 from bastion_auth.clients import Client, redirect_uri_matches
 from bastion_auth.deps import AuthContext, Ctx, client_ip
 from bastion_auth.errors import OAuthError
-from bastion_auth.pages import SECURITY_HEADERS, render
+from bastion_auth.lockout import account_name
+from bastion_auth.pages import render, security_headers
 from bastion_auth.resources import check_resource, grant_scopes
 from bastion_auth.store import AUTH_REQUEST, AUTH_REQUEST_TTL, SESSION, SESSION_TTL
 
@@ -53,7 +62,7 @@ def _redirect(uri: str, params: dict[str, str]) -> Response:
     parts = urlsplit(uri)
     query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
     target = urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
-    return RedirectResponse(target, status_code=302, headers=dict(SECURITY_HEADERS))
+    return RedirectResponse(target, status_code=302, headers=security_headers())
 
 
 def _csrf(ctx: AuthContext, sid: str, request_id: str) -> str:
@@ -61,16 +70,19 @@ def _csrf(ctx: AuthContext, sid: str, request_id: str) -> str:
     return hmac.new(key, f"{sid}:{request_id}".encode(), hashlib.sha256).hexdigest()
 
 
+def _cookie_args(ctx: AuthContext) -> dict[str, Any]:
+    secure = ctx.settings.issuer.startswith("https://")
+    return {"httponly": True, "samesite": "lax", "secure": secure, "path": "/"}
+
+
 def _set_cookie(ctx: AuthContext, response: Response, sid: str) -> None:
-    response.set_cookie(
-        COOKIE,
-        sid,
-        max_age=SESSION_TTL,
-        httponly=True,
-        samesite="lax",
-        secure=ctx.settings.issuer.startswith("https://"),
-        path="/",
-    )
+    response.set_cookie(COOKIE, sid, max_age=SESSION_TTL, **_cookie_args(ctx))
+
+
+async def _end_session(ctx: AuthContext, sid: str, response: Response) -> Response:
+    await ctx.redis.delete(SESSION.format(id=sid))
+    response.delete_cookie(COOKIE, **_cookie_args(ctx))
+    return response
 
 
 async def _session(ctx: AuthContext, request: Request) -> tuple[str | None, dict[str, Any]]:
@@ -81,9 +93,9 @@ async def _session(ctx: AuthContext, request: Request) -> tuple[str | None, dict
     return (sid, json.loads(raw)) if raw else (None, {})
 
 
-async def _new_session(ctx: AuthContext, data: dict[str, Any]) -> str:
+async def _new_session(ctx: AuthContext, data: dict[str, Any], ttl: int = SESSION_TTL) -> str:
     sid = secrets.token_urlsafe(32)
-    await ctx.redis.set(SESSION.format(id=sid), json.dumps(data), ex=SESSION_TTL)
+    await ctx.redis.set(SESSION.format(id=sid), json.dumps(data), ex=ttl)
     return sid
 
 
@@ -101,10 +113,30 @@ def _single(params: list[tuple[str, str]], name: str) -> str | None:
     return values[0] if values else None
 
 
+def _back(ctx: AuthContext, pending: dict[str, Any]) -> dict[str, str]:
+    back = {"iss": ctx.settings.issuer}
+    if pending.get("state") is not None:
+        back["state"] = pending["state"]
+    return back
+
+
 @router.get("/authorize", include_in_schema=False)
 async def authorize(request: Request, ctx: Ctx) -> Response:
     params = list(request.query_params.multi_items())
     ip = client_ip(request)
+
+    def failed(error: str, client_id: str | None, reason: str | None = None) -> None:
+        details = {"reason": reason} if reason else {}
+        ctx.event(
+            "oauth.request_failed",
+            "failure",
+            client_id=client_id,
+            ip=ip,
+            endpoint="authorize",
+            error=error,
+            **details,
+        )
+
     try:
         client_id = _single(params, "client_id")
         redirect_uri = _single(params, "redirect_uri")
@@ -115,68 +147,44 @@ async def authorize(request: Request, ctx: Ctx) -> Response:
         try:
             client = await resolve_client(ctx, client_id)
         except OAuthError as exc:
-            ctx.event(
-                "oauth.request_failed",
-                "failure",
-                client_id=client_id,
-                ip=ip,
-                endpoint="authorize",
-                error=exc.error,
-                reason=exc.description,
-            )
+            failed(exc.error, client_id, exc.description)
             return _error_page(f"The client could not be verified: {exc.description}")
     if client is None:
-        ctx.event(
-            "oauth.request_failed",
-            "failure",
-            client_id=client_id,
-            ip=ip,
-            endpoint="authorize",
-            error="invalid_client",
-        )
+        failed("invalid_client", client_id)
         return _error_page("Unknown client. The application must register again.")
     if redirect_uri is None and len(client.redirect_uris) == 1:
         redirect_uri = client.redirect_uris[0]
     if not redirect_uri or not redirect_uri_matches(client.redirect_uris, redirect_uri):
         # RFC 6749 §4.1.2.1: never redirect to an unverified URI.
-        ctx.event(
-            "oauth.request_failed",
-            "failure",
-            client_id=client.client_id,
-            ip=ip,
-            endpoint="authorize",
-            error="invalid_redirect_uri",
-        )
+        failed("invalid_redirect_uri", client.client_id)
         return _error_page("The redirect URI is not registered for this client.")
-    state = _single(params, "state")
-    back: dict[str, str] = {"iss": ctx.settings.issuer}
-    if state is not None:
-        back["state"] = state
     try:
+        state = _single(params, "state")
         if _single(params, "response_type") != "code":
             raise OAuthError("unsupported_response_type", "response_type must be code")
+        if "authorization_code" not in client.grant_types:
+            raise OAuthError("unauthorized_client", "this client may not use authorization codes")
         challenge = pkce.check_challenge(
             _single(params, "code_challenge"), _single(params, "code_challenge_method")
         )
         resource = check_resource(ctx.settings, [v for k, v in params if k == "resource"])
         scope = _single(params, "scope")
     except OAuthError as exc:
-        ctx.event(
-            "oauth.request_failed",
-            "failure",
-            client_id=client.client_id,
-            ip=ip,
-            endpoint="authorize",
-            error=exc.error,
-            reason=exc.description,
-        )
-        return _redirect(
-            redirect_uri, {"error": exc.error, "error_description": exc.description, **back}
-        )
+        # RFC 9700 §4.11.2: before the person has done anything, a malformed request is
+        # an error page, never a redirect: every client that can reach this endpoint
+        # registered itself, so a redirect would bounce people wherever it registered.
+        failed(exc.error, client.client_id, exc.description)
+        return _error_page(f"The application sent a malformed request: {exc.description}.")
     request_id = secrets.token_urlsafe(24)
     pending = {
         "client_id": client.client_id,
-        "client_name": client.client_name or client.client_id,
+        # What the pages show of the client, fixed when the request was made.
+        "client": {
+            "name": client.client_name or client.client_id,
+            "verified": client.verified,
+            "document_host": client.document_host,
+        },
+        "refresh": "refresh_token" in client.grant_types,
         "redirect_uri": redirect_uri,
         "code_challenge": challenge,
         "resource": resource,
@@ -186,14 +194,18 @@ async def authorize(request: Request, ctx: Ctx) -> Response:
     await ctx.redis.set(
         AUTH_REQUEST.format(id=request_id), json.dumps(pending), ex=AUTH_REQUEST_TTL
     )
-    sid, session = await _session(ctx, request)
-    if sid and session.get("username"):
-        return await _consent_page(ctx, sid, session["username"], request_id, pending)
+    # Every request asks the person to sign in: a session serves one request only.
+    sid, _ = await _session(ctx, request)
     if sid is None:
         sid = await _new_session(ctx, {})
     response = _login_page(ctx, sid, request_id, pending)
     _set_cookie(ctx, response, sid)
     return response
+
+
+def _resource_view(ctx: AuthContext, pending: dict[str, Any]) -> dict[str, str]:
+    uri = pending["resource"]
+    return {"uri": uri, "name": ctx.settings.resource_name(uri)}
 
 
 def _login_page(
@@ -208,12 +220,31 @@ def _login_page(
     return render(
         "login.html",
         status,
-        client_name=pending["client_name"],
-        resource=pending["resource"],
+        redirect_uri=pending["redirect_uri"],
+        client=pending["client"],
+        resource=_resource_view(ctx, pending),
         request_id=request_id,
         csrf_token=_csrf(ctx, sid, request_id),
         error=error,
     )
+
+
+def _lifetime(ctx: AuthContext, refresh: bool) -> str:
+    def words(seconds: int) -> str:
+        for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+            if seconds >= size:
+                n = seconds // size
+                return f"{n} {unit}{'s' if n != 1 else ''}"
+        return f"{seconds} seconds"
+
+    s = ctx.settings
+    if refresh:
+        return (
+            f"Until you sign out everywhere or an administrator revokes it, at most "
+            f"{words(s.refresh_token_ttl)} (the application may renew its access without "
+            f"asking you again)."
+        )
+    return f"{words(s.access_token_ttl)}, then the application must ask you again."
 
 
 async def _consent_page(
@@ -225,13 +256,23 @@ async def _consent_page(
     scopes = grant_scopes(ctx.settings, pending["resource"], pending["scope"], roles=user.roles)
     return render(
         "consent.html",
-        client_name=pending["client_name"],
-        resource=pending["resource"],
+        redirect_uri=pending["redirect_uri"],
+        client=pending["client"],
+        resource=_resource_view(ctx, pending),
+        redirect_host=_redirect_host(pending["redirect_uri"]),
         username=user.username,
         scopes=[SCOPE_WORDS.get(s, s) for s in scopes],
+        lifetime=_lifetime(ctx, pending["refresh"]),
         request_id=request_id,
         csrf_token=_csrf(ctx, sid, request_id),
     )
+
+
+def _redirect_host(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        return parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}: (an application on this device)"
 
 
 async def _form(request: Request) -> FormData | None:
@@ -272,6 +313,20 @@ async def _checked_form(
     return sid, session, request_id, pending, form
 
 
+async def _answer(
+    ctx: AuthContext, sid: str, request_id: str, pending: dict[str, Any], params: dict[str, str]
+) -> Response:
+    """End the request and the session, and send the browser back to the client."""
+    # The pending request is single use: a second submit finds nothing.
+    if not await ctx.redis.delete(AUTH_REQUEST.format(id=request_id)):
+        return _error_page("This sign-in request was already answered.")
+    return await _end_session(ctx, sid, _redirect(pending["redirect_uri"], params))
+
+
+def _refused(ctx: AuthContext, pending: dict[str, Any], description: str) -> dict[str, str]:
+    return {"error": "access_denied", "error_description": description, **_back(ctx, pending)}
+
+
 @router.post("/login", include_in_schema=False)
 async def login(request: Request, ctx: Ctx) -> Response:
     checked = await _checked_form(ctx, request, "login")
@@ -279,53 +334,94 @@ async def login(request: Request, ctx: Ctx) -> Response:
         return checked
     sid, _session_data, request_id, pending, form = checked
     ip = client_ip(request)
-    username = _text(form, "username")[:128]
-    password = _text(form, "password")
     client_id = pending["client_id"]
+    if _text(form, "action") == "cancel":
+        ctx.event(
+            "auth.consent",
+            "denied",
+            client_id=client_id,
+            ip=ip,
+            resource=pending["resource"],
+            reason="sign-in cancelled",
+        )
+        return await _answer(
+            ctx, sid, request_id, pending, _refused(ctx, pending, "the user cancelled sign-in")
+        )
+    typed = _text(form, "username")[:128]
+    principal = account_name(typed)
+    password = _text(form, "password")
     generic = "Wrong username or password, or too many attempts. Try again later."
-    lock = await ctx.lockout.state(username, ip)
-    if lock.refused:
+    attempt = await ctx.lockout.reserve(typed, ip)
+    if not attempt.allowed:
         ctx.event(
             "auth.login",
             "denied",
-            principal=username,
+            principal=principal,
             client_id=client_id,
             ip=ip,
-            reason="account locked" if lock.account_locked else "client IP blocked",
+            reason="account locked" if attempt.refused == 1 else "client IP blocked",
         )
         return _login_page(ctx, sid, request_id, pending, error=generic, status=429)
-    user = await ctx.users.authenticate(username, password)
+    user = await ctx.users.authenticate(typed, password)
     if user is None:
-        fails, ip_fails, delay = await ctx.lockout.failed(username, ip)
         ctx.event(
             "auth.login",
             "failure",
-            principal=username,
+            principal=principal,
             client_id=client_id,
             ip=ip,
             reason="bad credentials or disabled account",
         )
-        if delay:
+        if attempt.locked_seconds:
             ctx.event(
                 "auth.lockout",
                 "denied",
-                principal=username,
+                principal=principal,
                 ip=ip,
                 scope="account",
-                failures=fails,
-                locked_seconds=delay,
+                failures=attempt.failures,
+                locked_seconds=attempt.locked_seconds,
             )
-        if ip_fails == ctx.settings.ip_failure_limit:
+        if attempt.ip_failures == ctx.settings.ip_failure_limit:
             ctx.event(
-                "auth.lockout", "denied", principal=username, ip=ip, scope="ip", failures=ip_fails
+                "auth.lockout",
+                "denied",
+                principal=principal,
+                ip=ip,
+                scope="ip",
+                failures=attempt.ip_failures,
             )
         return _login_page(ctx, sid, request_id, pending, error=generic, status=401)
-    await ctx.lockout.succeeded(username)
-    # New session id at login: a session fixed before sign-in is worth nothing.
+    await ctx.lockout.succeeded(typed, ip)
+    # New session id at login: a session fixed before sign-in is worth nothing. It is
+    # bound to this request and lives no longer than the request does.
     await ctx.redis.delete(SESSION.format(id=sid))
-    new_sid = await _new_session(ctx, {"username": user.username})
+    new_sid = await _new_session(
+        ctx, {"username": user.username, "request_id": request_id}, ttl=AUTH_REQUEST_TTL
+    )
     ctx.event("auth.login", principal=user.username, client_id=client_id, ip=ip)
     response = await _consent_page(ctx, new_sid, user.username, request_id, pending)
+    _set_cookie(ctx, response, new_sid)
+    return response
+
+
+@router.post("/logout", include_in_schema=False)
+async def logout(request: Request, ctx: Ctx) -> Response:
+    """ "Not you? Sign out": forget who signed in and ask again, for the same request."""
+    checked = await _checked_form(ctx, request, "logout")
+    if isinstance(checked, Response):
+        return checked
+    sid, session, request_id, pending, _form_data = checked
+    await ctx.redis.delete(SESSION.format(id=sid))
+    if session.get("username"):
+        ctx.event(
+            "auth.logout",
+            principal=session["username"],
+            client_id=pending["client_id"],
+            ip=client_ip(request),
+        )
+    new_sid = await _new_session(ctx, {})
+    response = _login_page(ctx, new_sid, request_id, pending)
     _set_cookie(ctx, response, new_sid)
     return response
 
@@ -338,16 +434,9 @@ async def consent(request: Request, ctx: Ctx) -> Response:
     sid, session, request_id, pending, form = checked
     ip = client_ip(request)
     user = await ctx.users.get(session.get("username", ""))
-    if user is None or user.disabled:
+    if user is None or user.disabled or session.get("request_id") != request_id:
         return _login_page(ctx, sid, request_id, pending, error="Please sign in.")
-    # The pending request is single use: a second submit finds nothing.
-    if not await ctx.redis.delete(AUTH_REQUEST.format(id=request_id)):
-        return _error_page("This sign-in request was already answered.")
-    back: dict[str, str] = {"iss": ctx.settings.issuer}
-    if pending["state"] is not None:
-        back["state"] = pending["state"]
-    decision = _text(form, "decision")
-    if decision != "allow":
+    if _text(form, "decision") != "allow":
         ctx.event(
             "auth.consent",
             "denied",
@@ -356,15 +445,13 @@ async def consent(request: Request, ctx: Ctx) -> Response:
             ip=ip,
             resource=pending["resource"],
         )
-        return _redirect(
-            pending["redirect_uri"],
-            {
-                "error": "access_denied",
-                "error_description": "the user refused access",
-                **back,
-            },
+        return await _answer(
+            ctx, sid, request_id, pending, _refused(ctx, pending, "the user refused access")
         )
     scopes = grant_scopes(ctx.settings, pending["resource"], pending["scope"], roles=user.roles)
+    # Claim the request before minting: a second submit must not get a second code.
+    if not await ctx.redis.delete(AUTH_REQUEST.format(id=request_id)):
+        return _error_page("This sign-in request was already answered.")
     code = await ctx.tokens.create_code(
         {
             "client_id": pending["client_id"],
@@ -390,4 +477,5 @@ async def consent(request: Request, ctx: Ctx) -> Response:
         ip=ip,
         resource=pending["resource"],
     )
-    return _redirect(pending["redirect_uri"], {"code": code, **back})
+    redirect = _redirect(pending["redirect_uri"], {"code": code, **_back(ctx, pending)})
+    return await _end_session(ctx, sid, redirect)

@@ -35,6 +35,17 @@ class Client:
     source: str = "dcr"  # dcr | cimd | service
 
     @property
+    def verified(self) -> bool:
+        """Whether an operator vouches for this client. One that registered itself (DCR)
+        or is described by a metadata document chose its own name and redirect URIs."""
+        return self.source not in ("dcr", "cimd")
+
+    @property
+    def document_host(self) -> str | None:
+        """The host of a client ID metadata document: who actually describes the client."""
+        return urlsplit(self.client_id).hostname if self.source == "cimd" else None
+
+    @property
     def confidential(self) -> bool:
         return self.secret_hash is not None
 

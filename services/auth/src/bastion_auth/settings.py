@@ -29,6 +29,10 @@ class Settings(ServiceSettings):
     tools_resource: str = "http://localhost:8003/mcp"
     keys_resource: str = "http://localhost:8002"
     audit_resource: str = "http://localhost:8004"
+    # What the consent page calls each resource; JSON {uri: name}, defaults below.
+    resource_names: dict[str, str] = Field(
+        default_factory=dict, description="names shown on the consent page, by resource URI"
+    )
 
     access_token_ttl: int = Field(default=1800, ge=60, le=86400)
     refresh_token_ttl: int = Field(default=7 * 86400, ge=300)
@@ -99,6 +103,15 @@ class Settings(ServiceSettings):
             self.audit_resource.rstrip("/"): frozenset({"metrics:view"}),
             self.admin_resource: frozenset({"admin:users"}),
         }
+
+    def resource_name(self, resource: str) -> str:
+        defaults = {
+            self.tools_resource.rstrip("/"): "MCP tools",
+            self.keys_resource.rstrip("/"): "API keys",
+            self.audit_resource.rstrip("/"): "Audit reports",
+            self.admin_resource: "User administration",
+        }
+        return self.resource_names.get(resource) or defaults.get(resource, resource)
 
     @model_validator(mode="after")
     def _hs256_needs_secret(self) -> Self:
