@@ -12,7 +12,7 @@ export TESTCONTAINERS_RYUK_DISABLED := true
 # Debian's engine has no buildx: build with the classic BuildKit path, without the warning.
 export COMPOSE_BAKE := false
 
-.PHONY: help install lock env docker up down clean logs ps lint test unit integration bench demo
+.PHONY: help install lock env docker browser up down clean logs ps lint test unit integration bench demo
 
 help:
 	@echo "make up          build and start the stack, wait until healthy, print the URLs"
@@ -73,7 +73,14 @@ lint: install
 unit: install
 	$(VENV)/bin/pytest $(wildcard $(addsuffix /tests,$(PACKAGES))) tests/deploy bench/tests
 
-integration: install docker
+# Debian's Chromium for the sign-in tests in a real browser (never a browser download).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium fonts-dejavu-core >/dev/null; }; } || \
+		{ echo "make: chromium is missing; install Debian's chromium package"; exit 1; }
+
+integration: install docker browser
 	BASE_IMAGE=$$(cat deploy/.base-image) $(VENV)/bin/pytest tests/integration
 
 test: unit integration

@@ -90,8 +90,7 @@ class HeadlessBrowser:
             if "username" in data or "password" in data:
                 data["username"] = self.username
                 data["password"] = self.password
-                if form.buttons:
-                    data.setdefault(*form.buttons[0])
+                # Press "Sign in" (unnamed), never the named Cancel button.
             else:
                 data["decision"] = self.decision
             action = urljoin(str(response.url), form.action or str(response.url))
