@@ -49,7 +49,7 @@ CIMD_CACHE = "auth:cimd:{digest}"  # JSON of a fetched metadata document, cimd_c
 
 AUTH_REQUEST = "auth:authreq:{id}"  # a validated /authorize request waiting for login
 AUTH_REQUEST_TTL = 600
-SESSION = "auth:session:{id}"  # browser session: JSON {username}, SESSION_TTL
+SESSION = "auth:session:{id}"  # browser session: JSON {username, request_id}, one request
 SESSION_TTL = 3600
 
 CODE = "auth:code:{digest}"  # authorization code, settings.code_ttl (60 s)
