@@ -77,6 +77,8 @@ EVENT_TYPES: dict[str, str] = {
     "oauth.request_failed": "an authorize or token request was refused (error in details)",
     "token.issued": "an access (and refresh) token was issued",
     "token.refreshed": "a refresh token was rotated",
+    "token.refresh_refused": "a refresh was refused because the identity provider no longer "
+    "confirms the person (or could not be asked); the family was revoked",
     "token.refresh_reuse": "a rotated refresh token was used again; its family was revoked",
     "token.revoked": "a token (or all of a user's tokens) was revoked",
     "client.registered": "a client registered (DCR) or a metadata document was accepted",

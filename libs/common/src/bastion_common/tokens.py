@@ -24,8 +24,10 @@ one-call form for services that have no other per-request Redis work.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
+import hmac
 import json
 import time
 from collections import OrderedDict
@@ -44,6 +46,7 @@ from bastion_common.permissions import parse_scope
 
 __all__ = [
     "MAX_LEEWAY_SECONDS",
+    "IdTokenValidator",
     "Principal",
     "TokenError",
     "TokenValidator",
@@ -176,7 +179,7 @@ class _JWKS:
         keys: dict[str, PyJWK] = {}
         for jwk in document.get("keys", []) if isinstance(document, dict) else []:
             kid = jwk.get("kid") if isinstance(jwk, dict) else None
-            alg = jwk.get("alg")
+            alg = jwk.get("alg") or _implied_alg(jwk, self._issuer.algorithms)
             if not kid or alg not in self._issuer.algorithms or jwk.get("use", "sig") != "sig":
                 continue
             try:
@@ -186,6 +189,16 @@ class _JWKS:
         if keys:
             self._keys = keys
             log.info("jwks.refreshed", issuer=self._issuer.issuer, keys=len(keys))
+
+
+def _implied_alg(jwk: Mapping[str, Any], allowed: Sequence[str]) -> str | None:
+    """The algorithm of a JWK that does not name one (Entra ID, some Okta keys): the
+    one allowed algorithm its key type can serve, or None when that is ambiguous."""
+    family = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA",)}.get(str(jwk.get("kty")))
+    if family is None:
+        return None
+    matches = [a for a in allowed if a.startswith(family)]
+    return matches[0] if len(matches) == 1 else None
 
 
 class TokenValidator:
@@ -317,3 +330,85 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
         roles=tuple(str(r) for r in roles) if isinstance(roles, list) else (),
         claims=dict(claims),
     )
+
+
+_AT_HASH = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
+
+
+class IdTokenValidator:
+    """OpenID Connect ID tokens of one provider, for one client (OIDC Core §3.1.3.7).
+
+    The signature is checked against the provider's JWKS with the algorithm pinned to
+    what the operator allows (never HS*, never none); then `iss` exactly, `aud` holding
+    this client (with several audiences `azp` must be this client), `azp` when present,
+    `exp`/`iat` with bounded leeway, `nonce` when the sign-in sent one, and `at_hash`
+    when present against the access token it came with."""
+
+    def __init__(
+        self,
+        issuer: TrustedIssuer,
+        client_id: str,
+        *,
+        http_client: httpx2.AsyncClient,
+        leeway: float = MAX_LEEWAY_SECONDS,
+        min_refetch_interval: float = 5.0,
+    ) -> None:
+        if issuer.jwks_url is None or any(a.startswith("HS") for a in issuer.algorithms):
+            raise ValueError(f"{issuer.issuer}: ID tokens are checked against a JWKS only")
+        self._issuer = issuer
+        self._client_id = client_id
+        self._leeway = min(leeway, MAX_LEEWAY_SECONDS)
+        self._jwks = _JWKS(issuer, http_client, min_refetch_interval)
+
+    async def validate(
+        self, token: str, *, nonce: str | None, access_token: str | None = None
+    ) -> dict[str, Any]:
+        """The verified claims, or TokenError (safe to show; never anything else)."""
+        if not token or len(token) > 16384:
+            raise TokenError("malformed ID token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenError("malformed ID token") from None
+        if str(header.get("typ", "JWT")).lower() in ("at+jwt", "application/at+jwt"):
+            raise TokenError("an access token is not an ID token")
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or alg not in self._issuer.algorithms:
+            raise TokenError("ID token algorithm is not allowed for this provider")
+        if not isinstance(kid, str) or not kid:
+            raise TokenError("ID token has no key id")
+        key = await self._jwks.key(kid, alg)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=self._client_id,
+                issuer=self._issuer.issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("ID token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenError("ID token issued in the future") from None
+        except jwt.InvalidAudienceError:
+            raise TokenError("ID token is not meant for this client") from None
+        except jwt.PyJWTError:
+            raise TokenError("ID token signature or claims are invalid") from None
+        aud, azp = claims["aud"], claims.get("azp")
+        if isinstance(aud, list) and len(aud) > 1 and azp is None:
+            raise TokenError("ID token has several audiences and no azp")
+        if azp is not None and azp != self._client_id:
+            raise TokenError("ID token was issued to another client (azp)")
+        if float(claims["iat"]) > time.time() + self._leeway:
+            raise TokenError("ID token issued in the future")
+        if nonce is not None and claims.get("nonce") != nonce:
+            raise TokenError("ID token nonce does not match this sign-in")
+        at_hash = claims.get("at_hash")
+        if at_hash is not None and access_token is not None:
+            digest = _AT_HASH.get(alg[-3:], hashlib.sha512)(access_token.encode()).digest()
+            expected = base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=")
+            if not hmac.compare_digest(expected.decode(), str(at_hash)):
+                raise TokenError("ID token at_hash does not match the access token")
+        return claims

@@ -14,6 +14,7 @@ from bastion_auth import admin, authorize, grants, introspection, revocation
 from bastion_auth.clients import SERVICE_CLIENT, ClientStore
 from bastion_auth.deps import AuthContext
 from bastion_auth.errors import OAuthError, oauth_error_response
+from bastion_auth.federation import Federation
 from bastion_auth.keys import KeyRing
 from bastion_auth.lockout import Lockout
 from bastion_auth.pages import STATIC_DIR, STATIC_PATH
@@ -53,16 +54,20 @@ def _own_validator(settings: Settings, keyring: KeyRing) -> TokenValidator:
 async def build_context(settings: Settings, state: ServiceState) -> AuthContext:
     keyring = KeyRing(state.redis, settings)
     await keyring.ensure_initial()
+    users = UserStore(state.redis, settings)
+    # Identity providers are configured by the operator; no redirects are followed.
+    idp_http = httpx2.AsyncClient(timeout=settings.oidc_timeout, follow_redirects=False)
     ctx = AuthContext(
         settings=settings,
         redis=state.redis,
         audit=state.audit,
         keyring=keyring,
         tokens=TokenService(state.redis, settings, keyring),
-        users=UserStore(state.redis, settings),
+        users=users,
         clients=ClientStore(state.redis),
         lockout=Lockout(state.redis, settings),
         admin_validator=_own_validator(settings, keyring),
+        federation=Federation(settings, state.redis, users, idp_http),
     )
     if settings.tools_client_secret is not None:
         await ctx.clients.register_service_client(
@@ -107,6 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await ctx.admin_validator.aclose()
+            await ctx.federation.aclose()
 
     app = create_service_app(
         settings, title="MCP Bastion auth", extra_lifespan=lifespan, docs=False

@@ -32,6 +32,7 @@ from bastion_auth.cimd import resolve_client
 from bastion_auth.clients import Client, redirect_uri_matches
 from bastion_auth.deps import AuthContext, Ctx, client_ip
 from bastion_auth.errors import OAuthError
+from bastion_auth.federation import FederationError
 from bastion_auth.lockout import account_name
 from bastion_auth.pages import render, security_headers
 from bastion_auth.resources import check_resource, grant_scopes
@@ -217,6 +218,15 @@ def _login_page(
     error: str | None = None,
     status: int = 200,
 ) -> Response:
+    csrf = _csrf(ctx, sid, request_id)
+    providers = [
+        {
+            "name": p.name,
+            "href": "/federated/start?"
+            + urlencode({"provider": p.id, "request_id": request_id, "csrf_token": csrf}),
+        }
+        for p in ctx.federation.providers
+    ]
     return render(
         "login.html",
         status,
@@ -224,8 +234,10 @@ def _login_page(
         client=pending["client"],
         resource=_resource_view(ctx, pending),
         request_id=request_id,
-        csrf_token=_csrf(ctx, sid, request_id),
+        csrf_token=csrf,
         error=error,
+        providers=providers,
+        local_login=ctx.settings.local_login,
     )
 
 
@@ -347,6 +359,8 @@ async def login(request: Request, ctx: Ctx) -> Response:
         return await _answer(
             ctx, sid, request_id, pending, _refused(ctx, pending, "the user cancelled sign-in")
         )
+    if not ctx.settings.local_login:
+        return _error_page("Sign-in with a password is switched off here.", 403)
     typed = _text(form, "username")[:128]
     principal = account_name(typed)
     password = _text(form, "password")
@@ -393,16 +407,117 @@ async def login(request: Request, ctx: Ctx) -> Response:
             )
         return _login_page(ctx, sid, request_id, pending, error=generic, status=401)
     await ctx.lockout.succeeded(typed, ip)
-    # New session id at login: a session fixed before sign-in is worth nothing. It is
-    # bound to this request and lives no longer than the request does.
+    ctx.event("auth.login", principal=user.username, client_id=client_id, ip=ip)
+    return await _signed_in(ctx, sid, user.username, request_id, pending)
+
+
+async def _signed_in(
+    ctx: AuthContext, sid: str, username: str, request_id: str, pending: dict[str, Any]
+) -> Response:
+    """The consent page, in a new session bound to this request. A session id fixed
+    before sign-in is worth nothing, and it lives no longer than the request does."""
     await ctx.redis.delete(SESSION.format(id=sid))
     new_sid = await _new_session(
-        ctx, {"username": user.username, "request_id": request_id}, ttl=AUTH_REQUEST_TTL
+        ctx, {"username": username, "request_id": request_id}, ttl=AUTH_REQUEST_TTL
     )
-    ctx.event("auth.login", principal=user.username, client_id=client_id, ip=ip)
-    response = await _consent_page(ctx, new_sid, user.username, request_id, pending)
+    response = await _consent_page(ctx, new_sid, username, request_id, pending)
     _set_cookie(ctx, response, new_sid)
     return response
+
+
+@router.get("/federated/start", include_in_schema=False)
+async def federated_start(request: Request, ctx: Ctx) -> Response:
+    """ "Sign in with <provider>": a link on the login page (a link, not a form, so the
+    page's form-action need not name every provider), checked like a form."""
+    query = request.query_params
+    sid, _ = await _session(ctx, request)
+    request_id = query.get("request_id", "")[:128]
+    token = query.get("csrf_token", "")
+    if sid is None or not token or not hmac.compare_digest(token, _csrf(ctx, sid, request_id)):
+        return _error_page("This link has expired or was not made by this site. Start again.", 403)
+    pending = await _pending(ctx, request_id)
+    if pending is None:
+        return _error_page("This sign-in request has expired. Start again from the application.")
+    provider = ctx.federation.get(query.get("provider", ""))
+    if provider is None:
+        return _login_page(
+            ctx, sid, request_id, pending, error="Unknown sign-in method.", status=400
+        )
+    try:
+        target = await ctx.federation.begin(provider.id, sid, request_id)
+    except FederationError as exc:
+        return _federation_failed(ctx, request, sid, request_id, pending, provider.id, exc)
+    return RedirectResponse(target, status_code=303, headers=security_headers())
+
+
+@router.get("/federated/callback", include_in_schema=False)
+async def federated_callback(request: Request, ctx: Ctx) -> Response:
+    query = request.query_params
+    sid, _ = await _session(ctx, request)
+    record = await ctx.federation.take_state(query.get("state", ""), sid)
+    if record is None or sid is None:
+        ctx.event(
+            "auth.login",
+            "denied",
+            ip=client_ip(request),
+            method="oidc",
+            reason="unknown, used or foreign state",
+        )
+        return _error_page("This sign-in has expired or was started elsewhere. Start again.")
+    request_id, provider_id = record["request_id"], record["provider"]
+    pending = await _pending(ctx, request_id)
+    if pending is None:
+        return _error_page("This sign-in request has expired. Start again from the application.")
+    provider = ctx.federation.get(provider_id)
+    name = provider.name if provider else provider_id
+    try:
+        if query.get("error"):
+            refused = query.get("error") == "access_denied"
+            raise FederationError(
+                f"You did not let {name} sign you in."
+                if refused
+                else f"{name} refused the sign-in.",
+                f"provider answered {query.get('error', '')[:64]}",
+            )
+        code = query.get("code", "")
+        if not code or len(code) > 2048:
+            raise FederationError(f"{name} sent no sign-in code. Start again.", "no code")
+        identity = await ctx.federation.finish(record, code)
+    except FederationError as exc:
+        return _federation_failed(ctx, request, sid, request_id, pending, provider_id, exc)
+    ctx.event(
+        "auth.login",
+        principal=identity.username,
+        client_id=pending["client_id"],
+        ip=client_ip(request),
+        method="oidc",
+        provider=provider_id,
+        roles=identity.roles,
+    )
+    return await _signed_in(ctx, sid, identity.username, request_id, pending)
+
+
+def _federation_failed(
+    ctx: AuthContext,
+    request: Request,
+    sid: str,
+    request_id: str,
+    pending: dict[str, Any],
+    provider_id: str,
+    exc: FederationError,
+) -> Response:
+    """The login page again, saying what went wrong; Cancel there tells the client."""
+    ctx.event(
+        "auth.login",
+        "error" if exc.unavailable else "failure",
+        client_id=pending["client_id"],
+        ip=client_ip(request),
+        method="oidc",
+        provider=provider_id,
+        reason=exc.reason,
+    )
+    status = 503 if exc.unavailable else 401
+    return _login_page(ctx, sid, request_id, pending, error=exc.message, status=status)
 
 
 @router.post("/logout", include_in_schema=False)

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 
 from bastion_auth.clients import ClientStore
+from bastion_auth.federation import Federation
 from bastion_auth.keys import KeyRing
 from bastion_auth.lockout import Lockout
 from bastion_auth.settings import Settings
@@ -33,6 +34,7 @@ class AuthContext:
     clients: ClientStore
     lockout: Lockout
     admin_validator: TokenValidator
+    federation: Federation
 
     def event(
         self,

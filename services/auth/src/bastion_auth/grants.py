@@ -17,6 +17,7 @@ from bastion_auth.clientauth import credentials_from
 from bastion_auth.clients import Client
 from bastion_auth.deps import AuthContext, Ctx, client_ip
 from bastion_auth.errors import OAuthError, oauth_error_response
+from bastion_auth.federation import FederationError
 from bastion_auth.resources import check_resource, grant_scopes
 from bastion_common.permissions import parse_scope, permissions_for_roles
 
@@ -202,6 +203,22 @@ async def _refresh(
         return pair
     if outcome.status != "ok":
         raise OAuthError("invalid_grant", "refresh token is invalid, expired or revoked")
+    try:
+        # Signed in through a provider: ask it again who this is, and take its roles.
+        await ctx.federation.refresh_roles(record["sub"])
+    except FederationError as exc:
+        await ctx.tokens.revoke_family(record["family"])
+        ctx.event(
+            "token.refresh_refused",
+            "error" if exc.unavailable else "denied",
+            principal=record["sub"],
+            client_id=client.client_id,
+            ip=ip,
+            reason=exc.reason,
+        )
+        raise OAuthError(
+            "invalid_grant", "the identity provider no longer confirms the user"
+        ) from None
     user = await ctx.users.get(record["sub"])
     if user is None or user.disabled:
         await ctx.tokens.revoke_family(record["family"])

@@ -2,16 +2,58 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from bastion_common.permissions import ALL_PERMISSIONS
+from bastion_common.permissions import ALL_PERMISSIONS, Role
 from bastion_common.settings import Secret, ServiceSettings, check_secret_strength
 
-__all__ = ["Settings"]
+__all__ = ["OidcProvider", "RoleRule", "Settings"]
+
+
+class RoleRule(BaseModel):
+    """A provider claim value that grants one of our roles, e.g. groups=premium-users."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    claim: str = Field(min_length=1, max_length=64)
+    value: str = Field(min_length=1, max_length=256)
+    role: Role
+
+
+class OidcProvider(BaseModel):
+    """An organisation's OpenID provider people may sign in through (AUTH_OIDC_PROVIDERS).
+
+    The client secret is given by reference: the name of an environment variable that
+    holds it (`client_secret_env`), never inline in the provider list."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    name: str = Field(min_length=1, max_length=64, description="shown as 'Sign in with NAME'")
+    issuer: str = Field(min_length=8, max_length=512)
+    client_id: str = Field(min_length=1, max_length=256)
+    client_secret_env: str = Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
+    token_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"  # noqa: S105 - a method name
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    userinfo: bool = Field(default=False, description="also read the userinfo endpoint")
+    username_claim: str = "preferred_username"
+    default_roles: tuple[Role, ...] = ("user",)
+    role_rules: list[RoleRule] = Field(default_factory=list)
+    # Who may sign in at all (empty: anyone the provider vouches for).
+    allowed_email_domains: list[str] = Field(default_factory=list)
+    allowed_groups: list[str] = Field(default_factory=list)
+    groups_claim: str = "groups"
+
+    @property
+    def secret(self) -> str:
+        value = os.environ.get(self.client_secret_env, "")
+        if not value:
+            raise ValueError(f"provider {self.id}: {self.client_secret_env} is not set")
+        return value
 
 
 class Settings(ServiceSettings):
@@ -54,6 +96,14 @@ class Settings(ServiceSettings):
     bootstrap_admin_password: SecretStr | None = Field(
         default=None, validation_alias="BOOTSTRAP_ADMIN_PASSWORD"
     )
+
+    # Sign-in through the organisation's identity providers (JSON list of OidcProvider).
+    oidc_providers: list[OidcProvider] = Field(
+        default_factory=list, description="OpenID providers people may sign in through (JSON)"
+    )
+    local_login: bool = Field(default=True, description="offer the username/password form")
+    oidc_allow_http: bool = Field(default=False, description="tests only: http providers")
+    oidc_timeout: float = Field(default=5.0, gt=0, le=30)
 
     # Brute force (per account and per client IP, both over `lockout_window`).
     lockout_threshold: int = Field(default=5, ge=1)
@@ -126,6 +176,17 @@ class Settings(ServiceSettings):
                 ssl.create_default_context(cafile=self.cimd_ca_file)
             except (OSError, ssl.SSLError):
                 raise ValueError("AUTH_CIMD_CA_FILE is not a readable PEM CA file") from None
+        ids = [p.id for p in self.oidc_providers]
+        if len(ids) != len(set(ids)):
+            raise ValueError("AUTH_OIDC_PROVIDERS: provider ids must be unique")
+        for provider in self.oidc_providers:
+            if not provider.issuer.startswith("https://") and not self.oidc_allow_http:
+                raise ValueError(f"AUTH_OIDC_PROVIDERS: {provider.id} issuer must be https")
+            if "openid" not in provider.scopes:
+                raise ValueError(f"AUTH_OIDC_PROVIDERS: {provider.id} scopes must include openid")
+            _ = provider.secret  # fail at start-up, not at the first sign-in
+        if not self.local_login and not self.oidc_providers:
+            raise ValueError("AUTH_LOCAL_LOGIN=false needs at least one AUTH_OIDC_PROVIDERS entry")
         if self.tools_client_secret is not None:
             problem = check_secret_strength(self.tools_client_secret.get_secret_value())
             if problem:

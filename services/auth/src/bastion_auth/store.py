@@ -20,6 +20,10 @@ __all__ = [
     "CODE_USED",
     "CODE_USED_TTL",
     "FAMILY",
+    "FED_LINK",
+    "FED_STATE",
+    "FED_STATE_TTL",
+    "FED_USER",
     "FAMILY_JTIS",
     "LOCK_ACCOUNT_FAILS",
     "LOCK_ACCOUNT_UNTIL",
@@ -46,6 +50,14 @@ USER = "auth:user:{username}"  # JSON, no TTL
 USERS = "auth:users"  # set of usernames, no TTL
 CLIENT = "auth:client:{client_id}"  # JSON, no TTL (DCR and confidential clients)
 CIMD_CACHE = "auth:cimd:{digest}"  # JSON of a fetched metadata document, cimd_cache_seconds
+
+# Sign-in through an identity provider: the state of one round trip to it (keyed by the
+# state's SHA-256), the link of (provider, SHA-256 of issuer|sub) to our user with the
+# provider's refresh token sealed, and the way back from a username to its link.
+FED_STATE = "auth:fed:state:{state}"  # JSON, FED_STATE_TTL
+FED_STATE_TTL = 600
+FED_LINK = "auth:fed:link:{provider}:{subject}"  # JSON, no TTL
+FED_USER = "auth:fed:user:{username}"  # the FED_LINK key, no TTL
 
 AUTH_REQUEST = "auth:authreq:{id}"  # a validated /authorize request waiting for login
 AUTH_REQUEST_TTL = 600
