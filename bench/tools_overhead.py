@@ -274,6 +274,13 @@ def main() -> None:
             ),
             3,
         ),
+        "throughput_ratio_range": [
+            round(
+                f(s["calls_per_s"] / p["calls_per_s"] for p, s in zip(*runs.values(), strict=True)),
+                3,
+            )
+            for f in (min, max)
+        ],  # fmt: skip
         "throughput_ratio_together": round(median(together), 3) if together else None,
         "together_rounds": len(together),
         "pipeline_p50_ms": round(secured["p50_ms"] - plain["p50_ms"], 3),
