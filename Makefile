@@ -89,9 +89,12 @@ test: unit integration
 demo: install
 	$(PY) -m demo.run
 
-# Every benchmark in one run -> bench/results/latest.{json,md,png}. BENCH_ARGS=--quick
-# for short runs. Needs wrk and redis-server (installed here when missing, as root).
+# Every benchmark in one run -> bench/results/latest.{json,md,png}; then
+# `$(PY) bench/readme_table.py` copies its summary table into README.md.
+# BENCH_ARGS=--quick for a short run, --table-only for issue 23's measures alone.
+# Needs wrk, redis-server and valgrind (installed here when missing, as root); the
+# peers are installed by bench/peers.py into bench/.peers/.
 bench: install
-	@command -v wrk >/dev/null && command -v redis-server >/dev/null || \
-		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk redis-server >/dev/null; }
+	@command -v wrk >/dev/null && command -v redis-server >/dev/null && command -v valgrind >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk redis-server valgrind >/dev/null; }
 	$(PY) bench/run.py $(BENCH_ARGS)

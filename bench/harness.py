@@ -82,6 +82,45 @@ MODERN_WEATHER_CALL = json.dumps(
 )
 
 
+# -- a tool that costs CPU ----------------------------------------------------------------
+
+# Milliseconds of CPU each get_weather call spends before it reads Redis, on whichever
+# server reads this variable at start-up (both sides of tools_overhead.py): a tool that
+# does some work, against which the pipeline's fixed cost per call is what users see.
+TOOL_CPU_ENV = "BENCH_TOOL_CPU_MS"
+
+
+def burn_cpu(ms: float) -> None:
+    """Keep this thread on the CPU for `ms` milliseconds of its own CPU time (time it
+    spends descheduled does not count, so a busy machine does not shorten the work)."""
+    end = time.thread_time_ns() + int(ms * 1e6)
+    while time.thread_time_ns() < end:
+        pass
+
+
+def tool_cpu_from_env() -> None:
+    """Make `WeatherStore.latest` (the get_weather tool of both servers) burn
+    `$BENCH_TOOL_CPU_MS` of CPU per call; nothing when the variable is unset or 0."""
+    ms = float(os.environ.get(TOOL_CPU_ENV) or 0)
+    if ms <= 0:
+        return
+    from bastion_tools.tools.weather import WeatherStore
+
+    latest = WeatherStore.latest
+
+    async def slow_latest(self: WeatherStore, city: str) -> dict[str, Any] | None:
+        burn_cpu(ms)
+        return await latest(self, city)
+
+    WeatherStore.latest = slow_latest  # type: ignore[method-assign]
+
+
+def tools_argv() -> list[str]:
+    """The secured server as the benchmarks start it: `python -m bastion_tools` through
+    bench/serve_tools.py, which applies `tool_cpu_from_env` first."""
+    return [PYTHON, str(ROOT / "bench" / "serve_tools.py")]
+
+
 # -- processes ------------------------------------------------------------------------
 
 

@@ -1,26 +1,25 @@
 """`make bench`: every benchmark in one run, collected into bench/results/latest.*.
 
-Runs, one after the other (each script starts its own servers and a private
-redis-server, load from wrk pinned to the other core):
+First the measures of issue 23's table, each a script of its own that starts its own
+servers and a private redis-server, with the load from wrk pinned to the other core:
 
-- tools pipeline vs a plain `mcp` SDK server at 1, 16 and 64 connections (stateless
-  HTTP), and at 16 with a stateful session per connection and in the 2026-07-28
-  protocol (no session);
-- auth token endpoint (authorization_code and refresh_token grants, argon2id apart);
-- keys: API-key exchange and introspection;
-- audit: publish-to-stored throughput and lag under a steady 2,000 events/s;
-- rate limiter: decisions/s of `RateLimiter.take` against one Redis, and the exactness
-  bound with 64 clients on one bucket;
-- scaling: tool calls on 1 and 2 `tools` replicas sharing one Redis, and the limits
-  across replicas.
+- added latency per call at 1 connection, plain `mcp` SDK server vs the tools service,
+  same tool (get_weather, one Redis read), stateless, stateful and 2026-07-28
+  (`tools_overhead.py --connections 1`);
+- throughput at 16 connections against the SDK's own bearer auth and against FastMCP
+  with its JWTVerifier and rate limiting (`peers.py`);
+- throughput at 16 connections with a tool that spends 1 ms of CPU per call
+  (`tools_overhead.py --tool-cpu-ms 1`), and with the no-op tool in the three modes;
+- pipeline instructions per call under callgrind, 2026-07-28
+  (`diagnostics/tools_instructions.py`; skipped with a note when valgrind is missing).
 
-Writes bench/results/latest.json (top-level `throughput_ratio`: secured/plain calls/s at
-16 connections from alternating runs; `throughput_ratio_together` and
-`stateful_throughput_ratio_together`, `modern_throughput_ratio_together`: the same with
-both servers loaded at once, the
-steadier figure on a VM whose speed drifts), latest.md (the same as tables) and
-latest.png (tools latency, plain vs secured, p50/p95/p99, per concurrency). `--quick`
-shortens every run (numbers are noisier).
+Then the other services: auth token endpoint, keys exchange and introspection, the audit
+pipeline, the rate limiter, and tools on 1 and 2 replicas.
+
+Writes bench/results/latest.json, latest.md (the summary table first, between the
+markers `readme_table.py` copies into README.md, then the details) and latest.png
+(tools latency, plain vs secured, p50/p95/p99). `--quick` shortens every run (a few
+minutes in all; the numbers are noisier).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +38,11 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
+TABLE_START = "<!-- bench-table:start -->"
+TABLE_END = "<!-- bench-table:end -->"
+TABLE_HEADER = "| measure | target | measured | met |"
+MODES = {"stateless": [], "stateful": ["--stateful"], "2026-07-28": ["--modern"]}
+TOOLS_FILES = {"stateless": "", "stateful": "_stateful", "2026-07-28": "_modern"}
 
 
 def run_step(script: str, args: list[str], output: str) -> dict[str, Any]:
@@ -52,33 +57,145 @@ def _ms(run: dict[str, Any]) -> str:
     return f"{run['p50_ms']:.2f} / {run['p95_ms']:.2f} / {run['p99_ms']:.2f}"
 
 
+def _x(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+def _range(values: list[float]) -> str:
+    return f"{values[0]:.2f}-{values[1]:.2f}"
+
+
+def table(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Issue 23's five rows: (measure, target, measured, met)."""
+    tools, peers = summary["tools"], summary["peers"]
+    latency = {mode: tools[f"{mode} c1"] for mode in MODES}
+    added = "; ".join(
+        f"{mode} +{run['pipeline_p50_ms']:.2f} / +{run['pipeline_p99_ms']:.2f} ms"
+        for mode, run in latency.items()
+    )
+    latency_met = all(
+        run["pipeline_p50_ms"] <= 0.4 and run["pipeline_p99_ms"] <= 1.0 for run in latency.values()
+    )
+    sdk, every, fastmcp = peers["vs_sdk"], peers["vs_sdk_every_call"], peers["vs_fastmcp"]
+    servers = peers["servers"]
+    cpu = tools["stateless c16, 1 ms CPU tool"]
+    noop = {mode: tools[f"{mode} c16"] for mode in MODES}
+    instructions = summary.get("instructions")
+    counted = (
+        f"; pipeline {instructions['pipeline_instructions_per_call']:,} instructions per call "
+        f"(2026-07-28, {instructions['plain_instructions_per_call']:,} vs "
+        f"{instructions['secured_instructions_per_call']:,})"
+        if instructions
+        else "; instructions not counted (no valgrind)"
+    )
+
+    def yes(met: bool) -> str:
+        return "yes" if met else "**no**"
+
+    return [
+        (
+            "added latency per call, 1 connection, p50 / p99",
+            "<= 0.4 / <= 1 ms",
+            added,
+            yes(latency_met),
+        ),
+        (
+            "throughput vs the mcp SDK's bearer auth, 16 connections",
+            ">= 1.0x",
+            f"{_x(sdk['median'])} (rounds {sdk['min']:.2f}-{sdk['max']:.2f}; "
+            f"{servers['bastion']['calls_per_s']:.0f} vs {servers['sdk']['calls_per_s']:.0f} "
+            f"calls/s); {_x(every['median'])} vs the SDK verifying every call",
+            yes(sdk["median"] >= 1.0),
+        ),
+        (
+            "throughput vs FastMCP, JWTVerifier + rate limiting, 16 connections",
+            ">= 2x",
+            f"{_x(fastmcp['median'])} (rounds {fastmcp['min']:.2f}-{fastmcp['max']:.2f}; "
+            f"{servers['fastmcp']['calls_per_s']:.0f} calls/s)",
+            yes(fastmcp["median"] >= 2.0),
+        ),
+        (
+            "throughput, a tool spending 1 ms of CPU per call, 16 connections",
+            ">= 0.9x plain",
+            f"{_x(cpu['throughput_ratio_paired'])} (rounds "
+            f"{_range(cpu['throughput_ratio_range'])}; {cpu['secured']['calls_per_s']:.0f} vs "
+            f"{cpu['plain']['calls_per_s']:.0f} calls/s)",
+            yes(cpu["throughput_ratio_paired"] >= 0.9),
+        ),
+        (
+            "throughput, no-op tool, 16 connections; pipeline instructions per call",
+            ">= 0.75x plain; instructions reported",
+            "; ".join(f"{mode} {_x(run['throughput_ratio_paired'])}" for mode, run in noop.items())
+            + counted,  # fmt: skip
+            yes(all(run["throughput_ratio_paired"] >= 0.75 for run in noop.values())),
+        ),
+    ]
+
+
+def render_table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    return [TABLE_HEADER, "|---|---|---|---|", *(f"| {' | '.join(row)} |" for row in rows)]
+
+
 def markdown(summary: dict[str, Any]) -> str:
+    peers = summary["peers"]
     lines = [
         "# MCP Bastion benchmarks",
         "",
         f"{summary['when']} on {summary['machine']['cpus']} CPUs, Python "
-        f"{summary['machine']['python']}. Reproduce with `make bench`.",
+        f"{summary['machine']['python']}, `{summary['command']}`; load average "
+        f"{summary['machine']['load_before']} before the run (other work on the machine "
+        "falls on both sides of each comparison alike, rounds alternate).",
         "",
-        f"**Throughput ratio (secured / plain, 16 connections): "
-        f"{summary['throughput_ratio']}** from alternating runs, "
-        f"**{summary['throughput_ratio_together']}** with both servers loaded at once "
-        f"(stateful: {summary['stateful_throughput_ratio_together']}, 2026-07-28 protocol: "
-        f"{summary['modern_throughput_ratio_together']}; target >= 0.85)",
+        TABLE_START,
+        *render_table(table(summary)),
+        TABLE_END,
+        "",
+        "Plain: the `mcp` SDK's MCPServer serving the same tool with no security. Secured: "
+        "the tools service (`python -m bastion_tools`). Ratios are medians of each round's "
+        "ratio; latency differences are of the medians of the rounds' p50 and p99.",
+        "",
+        f"## Peers ({peers['connections']} connections, {peers['mode']}, "
+        f"{peers['rounds']} rounds of {peers['duration_s']} s)",
+        "",
+        "| server | versions | enforces | calls/s | p50 / p99 ms | CPU ms/call | busy |"
+        " refuses (no token / other audience / no scope) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, run in peers["servers"].items():
+        versions = ", ".join(f"{k} {v}" for k, v in peers["versions"][name].items())
+        refused = " / ".join(str(v) for v in peers["refusals"][name].values())
+        lines.append(
+            f"| {name} | {versions} | {peers['enforces'][name]} | {run['calls_per_s']:.0f} | "
+            f"{run['p50_ms']:.2f} / {run['p99_ms']:.2f} | {run['server_cpu_ms_per_call']:.3f} | "
+            f"{run['server_busy']:.2f} | {refused} |"
+        )
+    lines += [
         "",
         "## Tool call: tools pipeline vs a plain mcp SDK server (get_weather)",
         "",
-        "| run | plain calls/s | secured calls/s | ratio | ratio, both at once |"
+        "| run | plain calls/s | secured calls/s | ratio (rounds) | ratio, both at once |"
         " plain p50 / p95 / p99 ms | secured p50 / p95 / p99 ms | pipeline CPU ms/call |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, run in summary["tools"].items():
         plain, secured = run["plain"], run["secured"]
         lines.append(
-            f"| {name} | {plain['calls_per_s']} | {secured['calls_per_s']} | "
-            f"{run['throughput_ratio']} | {run.get('throughput_ratio_together') or '-'} | "
-            f"{_ms(plain)} | {_ms(secured)} | "
-            f"{run['pipeline_cpu_ms_per_call']} |"
+            f"| {name} | {plain['calls_per_s']:.0f} | {secured['calls_per_s']:.0f} | "
+            f"{run['throughput_ratio_paired']} ({_range(run['throughput_ratio_range'])}) | "
+            f"{run.get('throughput_ratio_together') or '-'} | "
+            f"{_ms(plain)} | {_ms(secured)} | {run['pipeline_cpu_ms_per_call']} |"
         )
+    instructions = summary.get("instructions")
+    if instructions:
+        lines += [
+            "",
+            f"Callgrind, {instructions['mode']}, {instructions['calls']} calls: plain "
+            f"{instructions['plain_instructions_per_call']:,}, secured "
+            f"{instructions['secured_instructions_per_call']:,} instructions per call "
+            f"(pipeline {instructions['pipeline_instructions_per_call']:,}).",
+        ]
+    if "scaling" not in summary:
+        return "\n".join(lines) + "\n"
     lines += _scaling(summary["scaling"]) + _ratelimit(summary["ratelimit"])
     keys = summary["keys_exchange"]
     lines += [
@@ -198,76 +315,85 @@ def chart(tools: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (noisier numbers)")
+    parser.add_argument(
+        "--table-only", action="store_true", help="issue 23's measures only, not the other services"
+    )
     args = parser.parse_args()
-    duration, rounds = ("5", "1") if args.quick else ("10", "3")
+    quick = args.quick
+    duration, rounds, warmup = ("3", "2", "1") if quick else ("8", "5", "3")
+    together = "2" if quick else "5"
     RESULTS.mkdir(parents=True, exist_ok=True)
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+    def overhead(extra: list[str], connections: str, output: str) -> dict[str, Any]:
+        return run_step(
+            "tools_overhead.py",
+            [*extra, "--connections", connections, "--duration", duration, "--rounds", rounds,
+             "--warmup", warmup],
+            output,
+        )  # fmt: skip
 
     tools: dict[str, Any] = {}
-    for connections in ("1", "16", "64"):
-        # Loaded at once, two servers share a core only when each could fill it alone.
-        together = "0" if connections == "1" else ("3" if args.quick else "5")
-        tools[f"stateless c{connections}"] = run_step(
-            "tools_overhead.py",
-            [
-                "--connections",
-                connections,
-                "--duration",
-                duration,
-                "--rounds",
-                rounds,
-                "--together-rounds",
-                together,
-            ],
-            "tools_overhead.json",
+    for mode, flags in MODES.items():
+        tools[f"{mode} c1"] = overhead(
+            [*flags, "--together-rounds", "0"], "1", f"tools_overhead{TOOLS_FILES[mode]}_c1.json"
         )
-    for label, flag, result in (
-        ("stateful c16", "--stateful", "tools_overhead_stateful.json"),
-        ("2026-07-28 c16", "--modern", "tools_overhead_modern.json"),
-    ):
-        tools[label] = run_step(
-            "tools_overhead.py",
-            [flag, "--duration", duration, "--rounds", rounds,
-             "--together-rounds", "3" if args.quick else "5"],
-            result,
+    for mode, flags in MODES.items():
+        tools[f"{mode} c16"] = overhead(
+            [*flags, "--together-rounds", together], "16",
+            f"tools_overhead{TOOLS_FILES[mode]}_c16.json",
         )  # fmt: skip
+    tools["stateless c16, 1 ms CPU tool"] = overhead(
+        ["--tool-cpu-ms", "1", "--together-rounds", "0"], "16", "tools_overhead_cpu1_c16.json"
+    )
     summary: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "make bench" + (" BENCH_ARGS=--quick" if quick else ""),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
-        },  # fmt: skip
-        "throughput_ratio": tools["stateless c16"]["throughput_ratio"],
-        "throughput_ratio_together": tools["stateless c16"]["throughput_ratio_together"],
-        "stateful_throughput_ratio_together": tools["stateful c16"]["throughput_ratio_together"],
-        "modern_throughput_ratio_together": tools["2026-07-28 c16"]["throughput_ratio_together"],
+            "load_before": load_before,
+        },
         "tools": tools,
-        "auth_tokens": run_step(
-            "auth_tokens.py",
-            ["--requests", "500" if args.quick else "2000", "--hashes", "5"],
-            "auth_tokens.json",
-        ),
-        "keys_exchange": run_step(
-            "keys_exchange.py", ["--duration", duration], "keys_exchange.json"
-        ),
-        "audit_pipeline": run_step(
-            "audit_pipeline.py",
-            ["--events", "20000"] if args.quick else [],
-            "audit_pipeline.json",
-        ),
-        "ratelimit": run_step(
-            "ratelimit.py",
-            ["--duration", "2", "--exact-duration", "3"] if args.quick else [],
-            "ratelimit.json",
-        ),
-        "scaling": run_step(
-            "scaling.py",
-            ["--duration", "3", "--rounds", "1", "--limit-duration", "3"]
-            if args.quick
-            else ["--duration", duration, "--rounds", rounds],
-            "scaling.json",
+        "peers": run_step(
+            "peers.py",
+            ["--duration", duration, "--rounds", rounds, "--warmup", warmup],
+            "peers.json",
         ),
     }
+    if shutil.which("valgrind"):
+        summary["instructions"] = run_step(
+            "diagnostics/tools_instructions.py",
+            ["--modern", "--calls", "160" if quick else "320"],
+            "tools_instructions_modern.json",
+        )
+    if not args.table_only:
+        summary.update(
+            auth_tokens=run_step(
+                "auth_tokens.py",
+                ["--requests", "500" if quick else "2000", "--hashes", "5"],
+                "auth_tokens.json",
+            ),
+            keys_exchange=run_step(
+                "keys_exchange.py", ["--duration", duration], "keys_exchange.json"
+            ),
+            audit_pipeline=run_step(
+                "audit_pipeline.py", ["--events", "20000"] if quick else [], "audit_pipeline.json"
+            ),
+            ratelimit=run_step(
+                "ratelimit.py",
+                ["--duration", "2", "--exact-duration", "3"] if quick else [],
+                "ratelimit.json",
+            ),
+            scaling=run_step(
+                "scaling.py",
+                ["--duration", "3", "--rounds", "1", "--limit-duration", "3"]
+                if quick
+                else ["--duration", duration, "--rounds", rounds],
+                "scaling.json",
+            ),
+        )
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS / "latest.md").write_text(markdown(summary))
     chart(tools, RESULTS / "latest.png")

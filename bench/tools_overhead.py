@@ -9,7 +9,9 @@
 Both run with the same transport settings (JSON responses; stateless HTTP by default,
 `--stateful` gives each connection a session of its own, as 16 clients would have, and
 numbers every request; `--modern` sends the call in the 2026-07-28 protocol, which has
-no handshake or session whatever the server's setting), as separate processes pinned
+no handshake or session whatever the server's setting; `--tool-cpu-ms 1` makes the tool
+spend 1 ms of CPU per call on both servers, a tool that does some work), as separate
+processes pinned
 to CPU 0; the load comes from `wrk`
 (C, 16 connections) pinned to CPU 1. The token is the same for
 every call, so its signature is verified once and then served from the cache, as for a
@@ -38,6 +40,7 @@ from harness import (
     PYTHON,
     ROOT,
     SERVER_CPU,
+    TOOL_CPU_ENV,
     WEATHER_CALL,
     Issuer,
     Processes,
@@ -50,6 +53,8 @@ from harness import (
     open_session,
     pinned,
     require,
+    tool_cpu_from_env,
+    tools_argv,
     tools_env,
     wait_port,
     write_result,
@@ -65,13 +70,15 @@ def plain_app(redis_url: str, stateless: bool) -> Any:
     from mcp.server.mcpserver import MCPServer
     from mcp.server.transport_security import TransportSecuritySettings
 
-    from bastion_common.redis import create_command_redis
+    from bastion_common import redis as clients
     from bastion_tools.tools.weather import WeatherStore
 
-    # The client `tools` gives the same store (each command bounded by one shared timer):
-    # redis-py's own bound costs a timer per send and per read, which would put the
-    # difference between two clients into the pipeline's figure.
-    redis = create_command_redis(redis_url)
+    # The client `tools` gives the same store, so that a difference between two Redis
+    # clients is not counted as the pipeline's (redis-py's default bound alone cost 5%
+    # of the plain call). The hand-written command client is being replaced by
+    # redis-py's own; once it is gone, both read through the common factory.
+    factory = getattr(clients, "create_command_redis", clients.create_redis)
+    redis = factory(redis_url)
     store = WeatherStore(redis)
     mcp: MCPServer[object] = MCPServer(name="plain")
 
@@ -96,6 +103,7 @@ def serve_plain(port: int, redis_url: str, stateless: bool) -> None:
 
     from bastion_common.service import freeze_startup_objects
 
+    tool_cpu_from_env()
     app = plain_app(redis_url, stateless)
     started = app.router.lifespan_context
 
@@ -129,6 +137,10 @@ def main() -> None:
     parser.add_argument(
         "--together-rounds", type=int, default=5, help="runs with both servers loaded at once"
     )
+    parser.add_argument(
+        "--tool-cpu-ms", type=float, default=0.0,
+        help="CPU the tool spends per call, on both servers (default 0: a Redis read only)",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the secured server")
     parser.add_argument(
         "--profile", metavar="DIR", help="py-spy both servers in the last round (raw stacks to DIR)"
@@ -151,6 +163,7 @@ def main() -> None:
             "PYTHONPATH": os.pathsep.join(
                 [str(ROOT / "libs/common/src"), str(ROOT / "services/tools/src")]
             ),
+            TOOL_CPU_ENV: str(args.tool_cpu_ms),
         }
         plain_proc = procs.start(
             pinned([PYTHON, __file__, "serve-plain", str(plain_port), redis_url,
@@ -158,8 +171,8 @@ def main() -> None:
         secure_env = tools_env(port=secure_port, public_url=public_url, redis_url=redis_url,
                                issuer=issuer, workdir=procs.workdir, stateless=stateless,
                                log_level=args.log_level)  # fmt: skip
-        secure_proc = procs.start(pinned([PYTHON, "-m", "bastion_tools"], SERVER_CPU),
-                                  env=secure_env)  # fmt: skip
+        secure_env[TOOL_CPU_ENV] = str(args.tool_cpu_ms)
+        secure_proc = procs.start(pinned(tools_argv(), SERVER_CPU), env=secure_env)
         wait_port(plain_port)
         wait_port(secure_port)
 
@@ -250,6 +263,7 @@ def main() -> None:
             if stateless
             else "stateful (one session per connection)"
         ),  # fmt: skip
+        "tool_cpu_ms": args.tool_cpu_ms,
         "secured_log_level": args.log_level,
         "plain": plain,
         "secured": secured,
@@ -262,6 +276,13 @@ def main() -> None:
             ),
             3,
         ),
+        "throughput_ratio_range": [
+            round(
+                f(s["calls_per_s"] / p["calls_per_s"] for p, s in zip(*runs.values(), strict=True)),
+                3,
+            )
+            for f in (min, max)
+        ],  # fmt: skip
         "throughput_ratio_together": round(median(together), 3) if together else None,
         "together_rounds": len(together),
         "pipeline_p50_ms": round(secured["p50_ms"] - plain["p50_ms"], 3),
@@ -274,6 +295,9 @@ def main() -> None:
     }
     print(json.dumps(summary, indent=2))
     name = "tools_overhead" + ("_modern" if args.modern else "" if stateless else "_stateful")
+    if args.tool_cpu_ms:
+        name += f"_cpu{args.tool_cpu_ms:g}"
+    name += f"_c{args.connections}"
     write_result(name, summary)
 
 

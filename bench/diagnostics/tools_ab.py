@@ -17,9 +17,9 @@ temporary folder) or `.` for the working tree as it is; both run in this checkou
 virtual environment, so the two refs must agree on dependencies. Prints each round's
 calls/s and the share of its core each side kept busy, and the median ratio B/A.
 
-    .venv/bin/python bench/tools_ab.py --a HEAD --b . [--modern | --stateful]
-    .venv/bin/python bench/tools_ab.py --a HEAD~3 --b HEAD --rounds 8
-    .venv/bin/python bench/tools_ab.py --a HEAD --b . --modern --alone --rounds 12
+    .venv/bin/python bench/diagnostics/tools_ab.py --a HEAD --b . [--modern | --stateful]
+    .venv/bin/python bench/diagnostics/tools_ab.py --a HEAD~3 --b HEAD --rounds 8
+    .venv/bin/python bench/diagnostics/tools_ab.py --a HEAD --b . --modern --alone --rounds 12
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import (
+# Run as `python bench/diagnostics/x.py`: the shared harness lives one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import (  # noqa: E402 - needs the path above
     MODERN_WEATHER_CALL,
     PYTHON,
     ROOT,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts import `harness`
+# The diagnostics import each other and the harness one folder up, as when run.
+sys.path[:0] = [str(Path(__file__).resolve().parents[n]) for n in (1, 2)]
 
 import tools_ab  # noqa: E402 - needs the path above
 

@@ -24,7 +24,7 @@ how many a call has made before its first wait decides how often generation 0 is
 collected (the served servers under wrk collect about equally often).
 Needs valgrind (`apt-get install valgrind`). A run takes two to five minutes.
 
-    .venv/bin/python bench/tools_instructions.py [--calls 320] [--stateful | --modern]
+    .venv/bin/python bench/diagnostics/tools_instructions.py [--calls 320] [--stateful | --modern]
         [--off LAYER]
 """
 
@@ -43,7 +43,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import (
+# Run as `python bench/diagnostics/x.py`: the shared harness lives one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import (  # noqa: E402 - needs the path above
     MODERN_WEATHER_CALL,
     ROOT,
     WEATHER_CALL,
@@ -54,8 +57,8 @@ from harness import (
     tools_env,
     write_result,
 )
-from tools_ab import python_path
-from tools_layers import LAYERS, SWITCH, write_hook
+from tools_ab import python_path  # noqa: E402
+from tools_layers import LAYERS, SWITCH, write_hook  # noqa: E402
 
 CONCURRENCY = 16
 PUBLIC_URL = "http://localhost:9999"
@@ -148,7 +151,6 @@ def measure(which: str, mode: str, calls: int, redis_url: str, token: str, out: 
     the collections they caused go to `out`/`which`.gc.json."""
     from bastion_common.service import freeze_startup_objects
 
-    sys.path.insert(0, str(Path(__file__).parent))
     stateless = mode != "stateful"
     if which == "plain":
         from tools_overhead import plain_app

@@ -24,7 +24,7 @@ Two servers running the same code read within 2% of each other over 6 rounds on 
 VM (`tools_ab.py`), so a layer under 2% cannot be told apart from nothing. Writes
 bench/results/tools_layers[_modern|_stateful].json.
 
-    .venv/bin/python bench/tools_layers.py [--modern | --stateful] [--rounds 6]
+    .venv/bin/python bench/diagnostics/tools_layers.py [--modern | --stateful] [--rounds 6]
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness import (
+# Run as `python bench/diagnostics/x.py`: the shared harness lives one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import (  # noqa: E402 - needs the path above
     MODERN_WEATHER_CALL,
     PYTHON,
     ROOT,
@@ -58,7 +61,7 @@ from harness import (
     wait_port,
     write_result,
 )
-from tools_ab import python_path
+from tools_ab import python_path  # noqa: E402
 
 LAYERS = ("limiter", "audit", "policy", "request-context", "everything")
 SWITCH = "BENCH_LAYER_OFF"
