@@ -3,6 +3,7 @@ events, report and verify routes for a viewer, and the metrics."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
@@ -14,6 +15,7 @@ from services.audit.tests.helpers import Issuer, event
 
 from bastion_audit.store import AuditStore, EventFilter
 from bastion_common.redis import create_redis
+from bastion_common.subjects import TOKENS_BEFORE, subject_key
 from bastion_common.tokens import denylist_key
 
 
@@ -106,6 +108,21 @@ async def test_a_revoked_token_is_refused(
     assert response.status_code == 401
     assert response.json()["error_description"] == "token revoked"
     await stored(app, "authn.failed", reason="token revoked", principal="admin")
+
+
+@pytest.mark.anyio
+async def test_a_token_issued_before_its_subject_was_signed_out_is_refused(
+    app: FastAPI, client: httpx2.AsyncClient, issuer: Issuer, redis_url: str
+) -> None:
+    token = issuer.token()
+    assert (await client.get("/v1/verify", headers=bearer(token))).status_code == 200
+    redis = create_redis(redis_url)
+    await redis.hset(subject_key("admin"), TOKENS_BEFORE, repr(time.time()))
+    await redis.aclose()
+    response = await client.get("/v1/verify", headers=bearer(token))
+    assert response.status_code == 401
+    assert response.json()["error_description"] == "token revoked"
+    await stored(app, "authn.failed", reason="subject signed out", principal="admin")
 
 
 @pytest.mark.anyio

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from services.auth.tests.helpers import ADMIN, TOOLS, Harness, harness, make_settings
+from services.auth.tests.helpers import ADMIN, TOOLS, TOOLS_SECRET, Harness
+
+from bastion_common.subjects import subject_key
 
 
 async def _bearer(h: Harness, resource: str = ADMIN, **kw: str) -> dict[str, str]:
@@ -94,13 +94,104 @@ async def test_disabling_a_user_revokes_its_tokens(h: Harness) -> None:
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_request"
 
 
+async def _service_bearer(h: Harness) -> dict[str, str]:
+    """What tools holds: a client-credentials token of bastion-tools with admin:users."""
+    response = await h.client.post(
+        "/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": "bastion-tools",
+            "client_secret": TOOLS_SECRET,
+            "resource": ADMIN,
+        },
+    )
+    assert response.status_code == 200 and response.json()["scope"] == "admin:users"
+    return {"authorization": f"Bearer {response.json()['access_token']}"}
+
+
 @pytest.mark.anyio
-async def test_admin_api_works_in_hs256_mode(redis_url: str, tmp_path: Path) -> None:
-    secret = "hs-" + "Lq9Zx2Wm7Rt4Yb1Nc6Vd3Fg8Js5Ae0Hk"
-    async with harness(
-        make_settings(redis_url, tmp_path, signing_alg="HS256", hs256_secret=secret)
-    ) as h:
-        ok = await h.client.get("/admin/users", headers=await _bearer(h))
-        assert ok.status_code == 200
-        rotate = await h.client.post("/admin/keys/rotate", headers=await _bearer(h))
-        assert rotate.status_code == 400 and "HS256" in rotate.json()["error_description"]
+async def test_a_service_token_may_read_users_but_never_change_them(h: Harness) -> None:
+    service = await _service_bearer(h)
+    assert (await h.client.get("/admin/users", headers=service)).status_code == 200
+    attempts = [
+        h.client.post(
+            "/admin/users",
+            headers=service,
+            json={"username": "mallory", "password": "mallory-pass-123", "roles": ["admin"]},
+        ),
+        h.client.patch("/admin/users/admin", headers=service, json={"disabled": True}),
+        h.client.post("/admin/users/admin/revoke", headers=service),
+        h.client.post("/admin/keys/rotate", headers=service),
+    ]
+    for attempt in attempts:
+        refused = await attempt
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"] == "access_denied"
+        assert "error" in refused.headers["www-authenticate"]
+    # Nothing changed: no new admin, the admin still enabled, no new signing key.
+    assert await h.ctx.users.get("mallory") is None
+    admin = await h.ctx.users.get("admin")
+    assert admin is not None and not admin.disabled
+    assert len(await h.ctx.keyring.keys()) == 1
+    denied = await h.events("authz.denied", count=4)
+    assert {e["details"]["method"] for e in denied} == {"POST", "PATCH"}
+    assert all(e["principal"] == "bastion-tools" for e in denied)
+    # A person holding the admin role still may.
+    person = await _bearer(h)
+    created = await h.client.post(
+        "/admin/users",
+        headers=person,
+        json={"username": "mallory", "password": "mallory-pass-123", "roles": ["user"]},
+    )
+    assert created.status_code == 201
+
+
+@pytest.mark.anyio
+async def test_an_admin_token_stops_writing_once_its_person_is_demoted(h: Harness) -> None:
+    await h.ctx.users.create("root2", "root2-password-1", ["admin"])
+    h.client.cookies.clear()
+    second = await _bearer(h, username="root2", password="root2-password-1")
+    ok = await h.client.patch("/admin/users/root2", headers=second, json={"roles": ["user"]})
+    assert ok.status_code == 200
+    # Losing admin:users cut every token root2 held, this one included.
+    again = await h.client.patch("/admin/users/root2", headers=second, json={"roles": ["admin"]})
+    assert again.status_code == 401 and again.json()["error"] == "invalid_token"
+    stored = await h.ctx.users.get("root2")
+    assert stored is not None and stored.roles == ["user"]
+    events = await h.events("authn.failed")
+    assert events[-1]["details"]["reason"] == "subject signed out"
+
+
+async def _introspect(h: Harness, token: str) -> bool:
+    reply = await h.client.post(
+        "/introspect", data={"token": token}, auth=("bastion-tools", TOOLS_SECRET)
+    )
+    assert reply.status_code == 200
+    active: bool = reply.json()["active"]
+    return active
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("change", ["disable", "sign_out"])
+async def test_disable_and_sign_out_end_tokens_that_have_no_refresh_token(
+    h: Harness, change: str
+) -> None:
+    headers = await _bearer(h)
+    await h.ctx.users.create("frank", "frank-password-1", ["user"])
+    no_refresh = await h.register(grant_types=["authorization_code"])
+    h.client.cookies.clear()
+    frank = await h.tokens(no_refresh, username="frank", password="frank-password-1")
+    assert "refresh_token" not in frank
+    h.client.cookies.clear()
+    with_refresh = await h.tokens(username="frank", password="frank-password-1")
+    assert await _introspect(h, frank["access_token"])
+    if change == "disable":
+        done = await h.client.patch("/admin/users/frank", headers=headers, json={"disabled": True})
+    else:
+        done = await h.client.post("/admin/users/frank/revoke", headers=headers)
+    assert done.status_code == 200
+    assert not await _introspect(h, frank["access_token"])
+    assert not await _introspect(h, with_refresh["access_token"])
+    assert not await _introspect(h, with_refresh["refresh_token"])
+    state = await h.redis.hgetall(subject_key("frank"))
+    assert float(state[b"tokens_before"]) >= float(state[b"keys_before"]) > 0

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from services.auth.tests.helpers import REDIRECT, Harness, harness, make_settings, pkce_pair
 
+from bastion_auth.cimd import is_public_address
 from tests.integration.tls import DocumentServer, TestCA
 
 SSRF_TARGETS = [
@@ -23,6 +25,40 @@ SSRF_TARGETS = [
     "https://user:pw@example.com/client.json",
     "https://example.com/",
 ]
+# IPv6 forms that reach 169.254.169.254 (or an inside network) through a translator, a
+# tunnel or an old addressing rule, while the IPv6 address itself may look global.
+IPV6_SSRF_TARGETS = [
+    "https://[64:ff9b::a9fe:a9fe]/client.json",  # NAT64
+    "https://[2002:a9fe:a9fe::1]/client.json",  # 6to4
+    "https://[::a9fe:a9fe]/client.json",  # IPv4-compatible
+    "https://[fec0::1]/client.json",  # site-local
+    "https://[2001:0:a9fe:a9fe::1]/client.json",  # Teredo
+    "https://[::ffff:a9fe:a9fe]/client.json",  # IPv4-mapped
+]
+
+EMBEDDING_ADDRESSES = [
+    "64:ff9b::a9fe:a9fe",
+    "64:ff9b::808:808",  # NAT64 of a public IPv4 still goes through someone's translator
+    "64:ff9b:1::a9fe:a9fe",
+    "2002:a9fe:a9fe::1",
+    "2002:808:808::1",
+    "::a9fe:a9fe",
+    "::ffff:10.0.0.1",
+    "::ffff:8.8.8.8",
+    "fec0::1",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    "2001::a9fe:a9fe",
+]
+
+
+@pytest.mark.parametrize("address", EMBEDDING_ADDRESSES)
+def test_ipv6_addresses_that_embed_or_translate_to_ipv4_are_not_public(address: str) -> None:
+    assert not is_public_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["2606:4700:4700::1111", "8.8.8.8", "2a00:1450::1"])
+def test_plain_global_addresses_stay_public(address: str) -> None:
+    assert is_public_address(ipaddress.ip_address(address))
 
 
 @pytest.mark.anyio
@@ -36,6 +72,19 @@ async def test_metadata_document_urls_that_reach_inside_are_refused(h: Harness, 
         "/token", data={"grant_type": "refresh_token", "client_id": url, "refresh_token": "x"}
     )
     assert token.status_code == 401 and token.json()["error"] == "invalid_client"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("url", IPV6_SSRF_TARGETS)
+async def test_ipv6_forms_of_inside_addresses_are_refused_before_any_fetch(
+    h: Harness, url: str
+) -> None:
+    page = await h.authorize(url)
+    assert page.status_code == 400 and "location" not in page.headers
+    [event] = await h.events("oauth.request_failed")
+    # Refused by the address check, not by a fetch that happened to fail.
+    assert event["details"]["error"] == "invalid_client"
+    assert event["details"]["reason"] == "client_id host is not a public address"
 
 
 class _Docs:

@@ -75,23 +75,6 @@ async def test_keys_are_stored_encrypted_and_shared_by_replicas(
 
 
 @pytest.mark.anyio
-async def test_hs256_mode_signs_with_the_shared_secret(redis_url: str, tmp_path: Path) -> None:
-    secret = "hs-" + "Lq9Zx2Wm7Rt4Yb1Nc6Vd3Fg8Js5Ae0Hk"
-    async with harness(
-        make_settings(redis_url, tmp_path, signing_alg="HS256", hs256_secret=secret)
-    ) as h:
-        token = (await h.tokens())["access_token"]
-        from pydantic import SecretStr
-
-        validator = TokenValidator(
-            [TrustedIssuer(ISSUER, algorithms=("HS256",), shared_secret=SecretStr(secret))], TOOLS
-        )
-        assert (await validator.validate(token)).subject == "admin"
-        await validator.aclose()
-        assert (await h.client.get("/jwks.json")).json() == {"keys": []}
-
-
-@pytest.mark.anyio
 async def test_a_token_for_another_resource_is_refused_by_the_validator(h: Harness) -> None:
     validator = _validator(h, TOOLS)
     token = (await h.tokens(resource="http://localhost:8004"))["access_token"]

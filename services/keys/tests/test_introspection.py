@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 import anyio
 import httpx2
@@ -45,10 +45,12 @@ async def test_tools_learns_the_keys_principal_and_permissions(
         "roles": ["premium"],
         "permissions": ["files:read", "weather:read"],
         "expires_at": body["expires_at"],
+        "created_at": body["created_at"],
     }
     assert datetime.fromisoformat(body["expires_at"]) == datetime.fromisoformat(
         created["expires_at"]
     )
+    assert datetime.fromisoformat(body["created_at"]) <= datetime.now(UTC)
 
 
 @pytest.mark.parametrize("presented", [random_key(), "mcp_x", "y" * 4000])

@@ -18,7 +18,8 @@ from bastion_audit.errors import ApiError
 from bastion_common.audit import AuditEvent, Outcome
 from bastion_common.logging import get_logger
 from bastion_common.service import ServiceState
-from bastion_common.tokens import Principal, TokenError, TokenValidator, is_revoked
+from bastion_common.subjects import principal_refusal
+from bastion_common.tokens import Principal, TokenError, TokenValidator
 
 __all__ = ["REQUIRED_PERMISSION", "Viewer", "require_viewer"]
 
@@ -79,7 +80,8 @@ async def require_viewer(request: Request) -> Principal:
             {"WWW-Authenticate": _challenge("invalid_token", str(exc))},
         ) from None
     try:
-        revoked = await is_revoked(state.redis, principal.token_id)
+        # Denylisted, or its subject signed out, disabled or demoted since it was issued.
+        refusal = await principal_refusal(state.redis, principal)
     except (RedisError, OSError) as exc:
         log.error("audit.denylist_unavailable", error=type(exc).__name__)
         _audit(
@@ -94,14 +96,14 @@ async def require_viewer(request: Request) -> Principal:
         raise ApiError(
             503, "temporarily_unavailable", "revocation cannot be checked now", {"Retry-After": "1"}
         ) from None
-    if revoked:
+    if refusal is not None:
         _audit(
             state,
             "authn.failed",
             "failure",
             ip,
             principal.subject,
-            reason="token revoked",
+            reason=refusal,
             path=path,
             jti=principal.token_id,
         )

@@ -3,7 +3,11 @@ public endpoints that go with them (JWKS, registration).
 
 Admin calls need an access token for this server's own admin resource with
 `admin:users`, validated by `bastion_common.tokens` like any resource server does, and
-not revoked.
+neither revoked nor issued before its subject was signed out, disabled or demoted
+(`bastion_common.subjects`). Reading users is open to such a token from a service (tools
+lists users). Every write (create, patch, sign-out, key rotation) needs a person: the
+token's subject is a user, not the client itself, and the user store says, now, that the
+user is enabled and holds the admin role; a service token may never create an admin.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from bastion_auth.errors import OAuthError, oauth_error_response
 from bastion_auth.metadata import metadata_document
 from bastion_auth.registration import MAX_BODY_BYTES, client_from_metadata
 from bastion_auth.users import UserError
+from bastion_common.subjects import principal_refusal
 from bastion_common.tokens import Principal, TokenError
 
 __all__ = ["router"]
@@ -65,7 +70,7 @@ async def register(request: Request, ctx: Ctx) -> Response:
     )
 
 
-async def _admin(ctx: AuthContext, request: Request) -> Principal:
+async def _admin(ctx: AuthContext, request: Request, *, write: bool = False) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     ip = client_ip(request)
@@ -76,14 +81,15 @@ async def _admin(ctx: AuthContext, request: Request) -> Principal:
     except TokenError as exc:
         ctx.event("authn.failed", "denied", ip=ip, endpoint="admin", reason=str(exc))
         raise OAuthError("invalid_token", "the access token is not valid here", 401) from None
-    if await ctx.tokens.is_denied(principal.token_id):
+    refusal = await principal_refusal(ctx.redis, principal)
+    if refusal is not None:
         ctx.event(
             "authn.failed",
             "denied",
             principal=principal.subject,
             ip=ip,
             endpoint="admin",
-            reason="token revoked",
+            reason=refusal,
         )
         raise OAuthError("invalid_token", "the access token was revoked", 401)
     if not principal.has("admin:users"):
@@ -96,7 +102,30 @@ async def _admin(ctx: AuthContext, request: Request) -> Principal:
             permission="admin:users",
         )
         raise OAuthError("insufficient_scope", "admin:users is required", 403)
+    if write and not await _is_person_admin(ctx, principal):
+        ctx.event(
+            "authz.denied",
+            "denied",
+            principal=principal.subject,
+            client_id=principal.client_id,
+            ip=ip,
+            endpoint="admin",
+            method=request.method,
+            reason="admin writes need a person holding the admin role",
+        )
+        raise OAuthError(
+            "access_denied", "changes need a signed-in person holding the admin role", 403
+        )
     return principal
+
+
+async def _is_person_admin(ctx: AuthContext, principal: Principal) -> bool:
+    """The token speaks for a user (a client_credentials token's subject is its client),
+    and that user, as stored now, is enabled and an admin."""
+    if principal.client_id is None or principal.subject == principal.client_id:
+        return False
+    user = await ctx.users.get(principal.subject)
+    return user is not None and not user.disabled and "admin" in user.roles
 
 
 def _bearer_error(exc: OAuthError) -> Response:
@@ -134,7 +163,7 @@ async def list_users(request: Request, ctx: Ctx) -> Response:
 @router.post("/admin/users", include_in_schema=False)
 async def create_user(request: Request, ctx: Ctx) -> Response:
     try:
-        admin = await _admin(ctx, request)
+        admin = await _admin(ctx, request, write=True)
     except OAuthError as exc:
         return _bearer_error(exc)
     try:
@@ -162,7 +191,7 @@ async def create_user(request: Request, ctx: Ctx) -> Response:
 @router.patch("/admin/users/{username}", include_in_schema=False)
 async def update_user(username: str, request: Request, ctx: Ctx) -> Response:
     try:
-        admin = await _admin(ctx, request)
+        admin = await _admin(ctx, request, write=True)
     except OAuthError as exc:
         return _bearer_error(exc)
     try:
@@ -197,7 +226,7 @@ async def update_user(username: str, request: Request, ctx: Ctx) -> Response:
 @router.post("/admin/users/{username}/revoke", include_in_schema=False)
 async def revoke_user(username: str, request: Request, ctx: Ctx) -> Response:
     try:
-        admin = await _admin(ctx, request)
+        admin = await _admin(ctx, request, write=True)
     except OAuthError as exc:
         return _bearer_error(exc)
     families = await ctx.tokens.revoke_user(username.lower())
@@ -215,7 +244,7 @@ async def revoke_user(username: str, request: Request, ctx: Ctx) -> Response:
 @router.post("/admin/keys/rotate", include_in_schema=False)
 async def rotate_keys(request: Request, ctx: Ctx) -> Response:
     try:
-        admin = await _admin(ctx, request)
+        admin = await _admin(ctx, request, write=True)
         kid, previous = await ctx.keyring.rotate()
     except OAuthError as exc:
         return _bearer_error(exc)

@@ -35,11 +35,6 @@ log = get_logger(__name__)
 def _own_validator(settings: Settings, keyring: KeyRing) -> TokenValidator:
     """The admin API validates its tokens like any resource server, against this
     server's own JWKS served in-process (no HTTP round trip to itself)."""
-    if settings.signing_alg == "HS256":
-        issuer = TrustedIssuer(
-            settings.issuer, algorithms=("HS256",), shared_secret=settings.hs256_secret
-        )
-        return TokenValidator([issuer], settings.admin_resource)
 
     async def serve_jwks(request: httpx2.Request) -> httpx2.Response:
         return httpx2.Response(200, json=await keyring.jwks())

@@ -29,7 +29,27 @@ from bastion_auth.errors import OAuthError
 from bastion_auth.registration import client_from_metadata
 from bastion_auth.store import CIMD_CACHE, digest
 
-__all__ = ["check_url", "resolve_client"]
+__all__ = ["check_url", "is_public_address", "resolve_client"]
+
+# IPv6 ranges that carry or reach an IPv4 address, or are otherwise not a public host:
+# a fetch to one of them can land on 169.254.169.254 or 10.0.0.0/8 through a translator
+# or a tunnel, whatever `is_global` says of the IPv6 address itself.
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291 §2.5.5.1, deprecated
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # NAT64 well-known prefix (RFC 6052 §2.1)
+_NOT_PUBLIC_V6 = (
+    _IPV4_COMPATIBLE,
+    _NAT64,
+    *(
+        ipaddress.IPv6Network(net)
+        for net in (
+            "::ffff:0:0/96",  # IPv4-mapped (RFC 4291 §2.5.5.2)
+            "64:ff9b:1::/48",  # NAT64 local-use prefix (RFC 8215)
+            "2001::/32",  # Teredo (RFC 4380)
+            "2002::/16",  # 6to4 (RFC 3056)
+            "fec0::/10",  # site-local (RFC 3879 deprecated it; still routed inside sites)
+        )
+    ),
+)
 
 
 def is_cimd(client_id: str) -> bool:
@@ -63,9 +83,36 @@ async def check_url(ctx: AuthContext, url: str) -> str | None:
     except OSError:
         raise OAuthError("invalid_client", "client_id host does not resolve") from None
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    if not addresses or any(not a.is_global or a.is_multicast for a in addresses):
+    if not addresses or not all(is_public_address(a) for a in addresses):
         raise OAuthError("invalid_client", "client_id host is not a public address")
     return str(addresses[0])
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address carries (mapped, 6to4, Teredo, NAT64, compat)."""
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if address in _IPV4_COMPATIBLE or address in _NAT64:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """SSRF rule: only a global unicast address, never one that embeds or translates to
+    an IPv4 address (checked too), and never site-local."""
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local or any(address in net for net in _NOT_PUBLIC_V6):
+            return False
+        if any(not v4.is_global for v4 in _embedded_ipv4(address)):
+            return False
+    return True
 
 
 def _pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[str, str]]:

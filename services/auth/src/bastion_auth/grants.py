@@ -152,7 +152,7 @@ async def _authorization_code(
         body = {
             "access_token": access,
             "token_type": "Bearer",
-            "expires_in": claims["exp"] - claims["iat"],
+            "expires_in": claims["exp"] - claims["nbf"],
             "scope": claims["scope"],
         }
     ctx.event("oauth.code_redeemed", principal=user.username, client_id=client.client_id, ip=ip)
@@ -277,6 +277,6 @@ async def _client_credentials(
     return {
         "access_token": access,
         "token_type": "Bearer",
-        "expires_in": claims["exp"] - claims["iat"],
+        "expires_in": claims["exp"] - claims["nbf"],
         "scope": claims["scope"],
     }

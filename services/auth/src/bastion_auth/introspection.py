@@ -40,7 +40,8 @@ async def introspect(request: Request, ctx: Ctx) -> Response:
     inactive = JSONResponse({"active": False}, headers=NO_STORE)
     record = await ctx.tokens.access_record(token)
     if record is not None:
-        if record["exp"] <= time.time() or await ctx.tokens.is_denied(record["jti"]):
+        # Denylisted, or its subject signed out or disabled since it was issued.
+        if record["exp"] <= time.time() or await ctx.tokens.refusal(record):
             return inactive
         body: dict[str, Any] = {"active": True, "token_type": "Bearer"}
         body.update({k: record[k] for k in _CLAIMS if k in record})

@@ -72,14 +72,8 @@ class KeyRing:
         self._jwk_cache: dict[str, dict[str, Any]] = {}
         self._private: dict[str, ec.EllipticCurvePrivateKey] = {}
 
-    @property
-    def hs256(self) -> bool:
-        return self._settings.signing_alg == "HS256"
-
     async def ensure_initial(self) -> None:
         """Create the first key once across replicas (the first to take the lock)."""
-        if self.hs256:
-            return
         with anyio.fail_after(30):
             while not await self._redis.hlen(SIGNING_KEYS):
                 if await self._redis.set(SIGNING_INIT_LOCK, "1", nx=True, ex=30):
@@ -114,8 +108,6 @@ class KeyRing:
         return usable[-1]
 
     async def jwks(self) -> dict[str, Any]:
-        if self.hs256:
-            return {"keys": []}
         now = time.time()
         out = []
         for key in await self.keys():
@@ -128,11 +120,7 @@ class KeyRing:
         return {"keys": out}
 
     async def sign(self, claims: dict[str, Any]) -> str:
-        """An RFC 9068 access token: header typ at+jwt, alg ES256 (or HS256), kid."""
-        if self.hs256:
-            assert self._settings.hs256_secret is not None  # noqa: S101 - settings check
-            secret = self._settings.hs256_secret.get_secret_value()
-            return jwt.encode(claims, secret, algorithm="HS256", headers={"typ": "at+jwt"})
+        """An RFC 9068 access token: header typ at+jwt, alg ES256, kid."""
         key = await self.signer()
         private = self._private.get(key.kid)
         if private is None:
@@ -148,8 +136,6 @@ class KeyRing:
     async def rotate(self) -> tuple[str, str | None]:
         """Publish a new key now, sign with it after the lead time; retire the old one
         once its last token has expired. Returns (new kid, previous kid)."""
-        if self.hs256:
-            raise RuntimeError("HS256 mode has no signing keys to rotate")
         self._loaded_at = 0.0
         now = time.time()
         new = _new_key(now + self._settings.key_publish_lead_seconds)

@@ -6,13 +6,13 @@ import os
 import ssl
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from bastion_common.permissions import ALL_PERMISSIONS, Role
 from bastion_common.settings import Secret, ServiceSettings, check_secret_strength
 
-__all__ = ["OidcProvider", "RoleRule", "Settings"]
+__all__ = ["HS256_REFUSED", "OidcProvider", "RoleRule", "Settings"]
 
 
 class RoleRule(BaseModel):
@@ -56,6 +56,13 @@ class OidcProvider(BaseModel):
         return value
 
 
+HS256_REFUSED = (
+    "HS256 mode is not supported: keys and audit accept only ES256 tokens from auth's JWKS,"
+    " and one shared secret would let any service holding it mint tokens for every"
+    " audience, the admin API included. Unset AUTH_SIGNING_ALG and AUTH_HS256_SECRET."
+)
+
+
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="AUTH_", extra="ignore", populate_by_name=True, frozen=True
@@ -82,8 +89,11 @@ class Settings(ServiceSettings):
     refresh_grace_seconds: float = Field(default=10.0, ge=0, le=120)
     service_token_ttl: int = Field(default=600, ge=60, le=3600)
 
+    # Kept only to refuse them with a clear message (see `_no_hs256`): ES256 is the mode.
     signing_alg: Literal["ES256", "HS256"] = "ES256"
-    hs256_secret: SecretStr | None = Field(default=None, description="HS256 mode only")
+    hs256_secret: SecretStr | None = Field(
+        default=None, description="refused at start-up (no HS256 mode)"
+    )
     # A rotated-in key is published this long before it signs (resource servers cache JWKS).
     key_publish_lead_seconds: float = Field(default=30.0, ge=0, le=3600)
 
@@ -163,14 +173,17 @@ class Settings(ServiceSettings):
         }
         return self.resource_names.get(resource) or defaults.get(resource, resource)
 
+    @field_validator("signing_alg", "hs256_secret")
+    @classmethod
+    def _no_hs256(cls, value: object) -> object:
+        # keys and audit verify auth's tokens against its JWKS only, and one shared secret
+        # would let every holder (tools) mint tokens for any audience, /admin included.
+        if value is not None and value != "ES256":
+            raise ValueError(HS256_REFUSED)
+        return value
+
     @model_validator(mode="after")
-    def _hs256_needs_secret(self) -> Self:
-        if self.signing_alg == "HS256":
-            if self.hs256_secret is None:
-                raise ValueError("AUTH_HS256_SECRET is required when AUTH_SIGNING_ALG=HS256")
-            problem = check_secret_strength(self.hs256_secret.get_secret_value())
-            if problem:
-                raise ValueError(f"AUTH_HS256_SECRET {problem}")
+    def _secrets_usable(self) -> Self:
         if self.cimd_ca_file is not None:
             try:
                 ssl.create_default_context(cafile=self.cimd_ca_file)

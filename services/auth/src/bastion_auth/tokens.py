@@ -39,6 +39,13 @@ from bastion_auth.store import (
     USER_FAMILIES,
     digest,
 )
+from bastion_common.subjects import (
+    KEYS_BEFORE,
+    TOKENS_BEFORE,
+    TokenRefusal,
+    subject_key,
+    token_refusal,
+)
 from bastion_common.tokens import denylist_key
 
 __all__ = ["RefreshOutcome", "TokenService"]
@@ -69,6 +76,17 @@ if tonumber(ARGV[1]) - at <= tonumber(ARGV[2]) then return {'grace', data} end
 return {'reuse', data}
 """
 
+# Sign out everywhere, for the tokens no family lists and for API keys: move each field
+# named in ARGV[1..n-1] of the subject hash forward to ARGV[n] (never back).
+_END_SUBJECT = """
+local now = tonumber(ARGV[#ARGV])
+for i = 1, #ARGV - 1 do
+  local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]))
+  if not old or old < now then redis.call('HSET', KEYS[1], ARGV[i], ARGV[#ARGV]) end
+end
+return 1
+"""
+
 RefreshStatus = Literal["ok", "grace", "reuse", "none"]
 
 
@@ -94,6 +112,7 @@ class TokenService:
         self._sealer = Sealer(settings.key_encryption_key.get_secret_value(), "refresh-grace")
         self._redeem = redis.register_script(_REDEEM_CODE)
         self._rotate = redis.register_script(_ROTATE_REFRESH)
+        self._end_subject = redis.register_script(_END_SUBJECT)
 
     # -- authorization codes ------------------------------------------------------------
 
@@ -135,14 +154,17 @@ class TokenService:
     ) -> tuple[str, dict[str, Any]]:
         """Sign an access token and record it; with `pipe`, the writes join that pipeline
         (the caller executes it) so that a token response costs one Redis round trip."""
-        now = int(time.time())
+        issued = time.time()
+        now = int(issued)
         ttl = ttl or self._settings.access_token_ttl
         claims: dict[str, Any] = {
             "iss": self._settings.issuer,
             "sub": sub,
             "aud": resource,
             "exp": now + ttl,
-            "iat": now,
+            # Milliseconds (RFC 7519 §2 allows fractions): a subject's cut-off
+            # (`bastion_common.subjects`) must fall between tokens of the same second.
+            "iat": math.floor(issued * 1000) / 1000,
             "nbf": now,
             "jti": uuid.uuid4().hex,
             "client_id": client_id,
@@ -210,7 +232,7 @@ class TokenService:
         return {
             "access_token": access,
             "token_type": "Bearer",
-            "expires_in": claims["exp"] - claims["iat"],
+            "expires_in": claims["exp"] - claims["nbf"],
             "scope": claims["scope"],
             "refresh_token": refresh,
         }
@@ -265,7 +287,12 @@ class TokenService:
             await pipe.execute()
 
     async def revoke_user(self, sub: str) -> int:
-        """Sign out everywhere: every grant of `sub`."""
+        """Sign out everywhere: first the subject's cut-off, which ends at once every access
+        token issued so far (family or not, from auth or exchanged by keys) and every API
+        key at the services that read it; then every grant of `sub` (refresh tokens)."""
+        await self._end_subject(
+            keys=[subject_key(sub)], args=[TOKENS_BEFORE, KEYS_BEFORE, repr(time.time())]
+        )
         families = await self._redis.smembers(USER_FAMILIES.format(sub=sub))
         for family in families:
             await self.revoke_family(_s(family))
@@ -295,3 +322,10 @@ class TokenService:
 
     async def is_denied(self, jti: str) -> bool:
         return bool(await self._redis.exists(denylist_key(jti)))
+
+    async def refusal(self, record: dict[str, Any]) -> TokenRefusal | None:
+        """Why the access token behind `record` is no longer good (denylisted, or its
+        subject signed out, disabled or demoted since), else None."""
+        return await token_refusal(
+            self._redis, jti=record["jti"], subject=record["sub"], issued_at=record["iat"]
+        )

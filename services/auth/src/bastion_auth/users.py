@@ -3,6 +3,13 @@
 Hashing and verifying run in a worker thread so a login never blocks the event loop. A
 login for an unknown user still verifies against a dummy hash, so its timing does not
 reveal whether the username exists.
+
+Every change to a user is one Lua step (`_UPDATE`): concurrent admin calls cannot undo
+each other (a role change racing a disable used to write the old `disabled` back). The
+same step writes the person's state for the other services (`bastion_common.subjects`):
+their roles, whether they are disabled, and the cut-offs that end what they hold: a
+disable ends every token and API key; losing a permission ends every token (they carry
+the old scopes; API keys are cut to the new roles by `keys` instead).
 """
 
 from __future__ import annotations
@@ -20,13 +27,65 @@ from redis.asyncio import Redis
 
 from bastion_auth.settings import Settings
 from bastion_auth.store import USER, USERS
-from bastion_common.permissions import ROLES
+from bastion_common.permissions import ROLE_PERMISSIONS, ROLES
+from bastion_common.subjects import KEYS_BEFORE, TOKENS_BEFORE, subject_key
 
 __all__ = ["User", "UserError", "UserStore", "validate_password", "validate_username"]
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 12
 MAX_PASSWORD = 256
+
+# KEYS: the user's record, their subject hash. ARGV: roles (JSON list) or "", disabled
+# ("1"/"0") or "", password hash or "", now (epoch s), {role: [permissions]} (JSON).
+# Returns the record as stored, or false when there is no such user.
+_UPDATE = (
+    """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local user = cjson.decode(raw)
+local table_of = cjson.decode(ARGV[5])
+local function permissions(roles)
+  local out = {}
+  for _, role in ipairs(roles) do
+    for _, p in ipairs(table_of[role] or {}) do out[p] = true end
+  end
+  return out
+end
+local before = permissions(user['roles'])
+if ARGV[1] ~= '' then user['roles'] = cjson.decode(ARGV[1]) end
+if ARGV[2] ~= '' then user['disabled'] = ARGV[2] == '1' end
+if ARGV[3] ~= '' then user['password_hash'] = ARGV[3] end
+user['updated_at'] = tonumber(ARGV[4])
+local after = permissions(user['roles'])
+local lost = false
+for p in pairs(before) do
+  if not after[p] then lost = true end
+end
+local out = cjson.encode(user)
+redis.call('SET', KEYS[1], out)
+redis.call('HSET', KEYS[2], 'roles', table.concat(user['roles'], ' '),
+  'disabled', user['disabled'] and '1' or '0')
+local function cut(field)
+  local old = tonumber(redis.call('HGET', KEYS[2], field))
+  if not old or old < tonumber(ARGV[4]) then redis.call('HSET', KEYS[2], field, ARGV[4]) end
+end
+if user['disabled'] then
+  cut('"""
+    + TOKENS_BEFORE
+    + """')
+  cut('"""
+    + KEYS_BEFORE
+    + """')
+elseif lost then
+  cut('"""
+    + TOKENS_BEFORE
+    + """')
+end
+return out
+"""
+)
+_ROLE_TABLE = json.dumps({role: sorted(perms) for role, perms in ROLE_PERMISSIONS.items()})
 
 
 class UserError(ValueError):
@@ -81,6 +140,7 @@ class UserStore:
             parallelism=settings.argon2_parallelism,
         )
         self._dummy_hash: str | None = None
+        self._update = redis.register_script(_UPDATE)
 
     async def hash_password(self, password: str) -> str:
         return await anyio.to_thread.run_sync(self.hasher.hash, password)
@@ -110,7 +170,12 @@ class UserStore:
         )
         if not created:
             raise UserError("username: already taken")
-        await self._redis.sadd(USERS, user.username)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(USERS, user.username)
+            pipe.hset(
+                subject_key(user.username), mapping={"roles": " ".join(user.roles), "disabled": "0"}
+            )
+            await pipe.execute()
         return user
 
     async def update(
@@ -121,18 +186,21 @@ class UserStore:
         disabled: bool | None = None,
         password: str | None = None,
     ) -> User | None:
-        user = await self.get(username)
-        if user is None:
+        """Apply the given changes in one atomic step; None when there is no such user.
+        Bad values raise UserError before anything is written."""
+        if not _USERNAME.match(username):
             return None
-        if roles is not None:
-            user.roles = validate_roles(roles)
-        if disabled is not None:
-            user.disabled = disabled
-        if password is not None:
-            user.password_hash = await self.hash_password(validate_password(password))
-        user.updated_at = time.time()
-        await self._redis.set(USER.format(username=user.username), json.dumps(asdict(user)))
-        return user
+        new_roles = json.dumps(validate_roles(roles)) if roles is not None else ""
+        new_hash = (
+            await self.hash_password(validate_password(password)) if password is not None else ""
+        )
+        flag = "" if disabled is None else "1" if disabled else "0"
+        name = username.lower()
+        raw = await self._update(
+            keys=[USER.format(username=name), subject_key(name)],
+            args=[new_roles, flag, new_hash, repr(time.time()), _ROLE_TABLE],
+        )
+        return User(**json.loads(raw)) if raw else None
 
     async def authenticate(self, username: str, password: str) -> User | None:
         """The user when the password is right and the account enabled; else None, after

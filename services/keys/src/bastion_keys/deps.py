@@ -3,7 +3,8 @@
 Callers of the management API and of introspection present an access token from `auth`
 for this service's own resource (RFC 8707): validated by `bastion_common.tokens` (issuer
 pinned to auth, ES256 against auth's JWKS, audience = KEYS_PUBLIC_URL) and checked
-against the shared denylist. Every refusal is an `authn.failed` event (RFC 6750 §3.1).
+against the shared denylist and the subject's cut-off (`bastion_common.subjects`). Every
+refusal is an `authn.failed` event (RFC 6750 §3.1).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from bastion_common.tokens import Principal, TokenError, TokenValidator, is_revoked
+from bastion_common.subjects import principal_refusal
+from bastion_common.tokens import Principal, TokenError, TokenValidator
 from bastion_keys.errors import KeysError
 from bastion_keys.events import Auditor
 from bastion_keys.settings import Settings
@@ -75,10 +77,12 @@ async def _caller(request: Request, context: Context, credentials: Credentials) 
     except TokenError as exc:
         context.auditor.emit("authn.failed", "failure", ip=ip, reason=exc.description)
         raise _refuse(exc.description) from None
-    if await is_revoked(context.store.redis, principal.token_id):
+    # Denylisted, or its subject signed out, disabled or demoted since (RedisError: 503).
+    refusal = await principal_refusal(context.store.redis, principal)
+    if refusal is not None:
         context.auditor.emit(
             "authn.failed", "failure", principal=principal.subject,
-            client_id=principal.client_id, ip=ip, reason="token revoked",
+            client_id=principal.client_id, ip=ip, reason=refusal,
         )  # fmt: skip
         raise _refuse("token revoked")
     return principal

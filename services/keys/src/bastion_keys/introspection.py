@@ -5,8 +5,10 @@ shared with `tools` (DESIGN.md). The caller is a service: its access token from 
 this resource must carry a `client_id` in KEYS_INTROSPECTION_CLIENTS, anything else is
 403 and an `authz.denied` event. The answer is `{"active": false}` for every refusal,
 whatever the reason (the reason goes to the audit event), so the endpoint does not tell
-which keys exist. `expires_at` is when this secret stops working (the end of a rotation
-overlap when the old secret is presented), so a cache honouring it stops in time.
+which keys exist. `created_at` lets tools refuse the key, in its one Redis round trip,
+once its owner is signed out or disabled after it was made. `expires_at` is when this
+secret stops working (the end of a rotation overlap when the old secret is presented),
+so a cache honouring it stops in time.
 
 A caller may pass the presenting client's address as `client_ip` (optional, additive to
 the contract); failed presentations are then rate limited per that address, as on
@@ -45,6 +47,7 @@ class IntrospectResponse(BaseModel):
     roles: list[str] | None = None
     permissions: list[str] | None = None
     expires_at: datetime | None = None
+    created_at: datetime | None = None
 
 
 @router.post(
@@ -84,4 +87,5 @@ async def introspect(
         roles=list(record.roles),
         permissions=list(record.permissions),
         expires_at=datetime.fromtimestamp(accepted.valid_until, UTC),
+        created_at=datetime.fromtimestamp(record.created_at, UTC),
     )

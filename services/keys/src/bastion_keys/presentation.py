@@ -7,24 +7,40 @@ Order matters:
    (fixed window, `failed_presentations_per_ip` per `failed_presentation_window_seconds`);
 3. the HMAC is compared with the record's current (or, during a rotation overlap,
    previous) HMAC in constant time (`hmac.compare_digest`);
-4. active, not expired, previous secret still inside its overlap.
+4. active, not expired, previous secret still inside its overlap;
+5. the owner as auth says they are now (`bastion_common.subjects`): a disabled owner, or
+   one signed out everywhere after the key was made, ends the key; the key's permissions
+   and roles are cut to the owner's current roles (a demotion cuts what keys can do).
+   Redis not answering raises, and the caller refuses (fail closed).
 Every refusal counts against the IP and is an `apikey.presentation_failed` event with the
 reason and the key id when one is known, never the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Literal
 
+from bastion_common.permissions import permissions_for_roles
+from bastion_common.subjects import read_subject
 from bastion_keys.deps import KeysContext
 from bastion_keys.keyformat import check_format, digest, digests_equal
 from bastion_keys.store import KeyRecord
 
 __all__ = ["Accepted", "PresentationRefused", "RateLimited", "present"]
 
-Reason = Literal["too_long", "malformed", "unknown", "revoked", "expired", "rotated"]
+Reason = Literal[
+    "too_long",
+    "malformed",
+    "unknown",
+    "revoked",
+    "expired",
+    "rotated",
+    "owner_disabled",
+    "owner_signed_out",
+]
 
 
 @dataclass  # not frozen: see errors.KeysError
@@ -63,6 +79,26 @@ def _judge(presented_hmac: str, record: KeyRecord | None, now: float) -> Accepte
     return Accepted(record, valid_until)
 
 
+async def _as_owner_is_now(context: KeysContext, accepted: Accepted) -> Accepted | Reason:
+    record = accepted.record
+    state = await read_subject(context.store.redis, record.owner)
+    if state is None:  # not a person auth manages (a service), or never changed
+        return accepted
+    if state.disabled:
+        return "owner_disabled"
+    if state.ends_key(record.created_at):
+        return "owner_signed_out"
+    if state.roles is None:
+        return accepted
+    allowed = permissions_for_roles(state.roles)
+    cut = dataclasses.replace(
+        record,
+        permissions=tuple(p for p in record.permissions if p in allowed),
+        roles=state.roles,
+    )
+    return Accepted(cut, accepted.valid_until)
+
+
 async def present(
     context: KeysContext, presented: str, ip: str, *, via: str, limit: bool = True
 ) -> Accepted:
@@ -86,6 +122,8 @@ async def present(
         )
         raise RateLimited(settings.failed_presentation_window_seconds)
     verdict: Accepted | Reason = problem or _judge(hmac_hex, record, now)
+    if isinstance(verdict, Accepted):
+        verdict = await _as_owner_is_now(context, verdict)
     if isinstance(verdict, Accepted):
         context.usage.record(verdict.record.key_id)
         return verdict

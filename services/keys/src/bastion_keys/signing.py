@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
@@ -87,11 +88,14 @@ class SigningKey:
         lifetime: int,
     ) -> tuple[str, str, int]:
         """(token, jti, exp) for an RFC 9068 access token."""
-        now = int(time.time())
+        issued = time.time()
+        now = int(issued)
         jti = uuid.uuid4().hex
         exp = now + lifetime
+        # iat in milliseconds, as auth does: see `bastion_common.subjects`.
+        iat = math.floor(issued * 1000) / 1000
         claims = {
-            "iss": issuer, "sub": subject, "aud": audience, "iat": now, "nbf": now,
+            "iss": issuer, "sub": subject, "aud": audience, "iat": iat, "nbf": now,
             "exp": exp, "jti": jti, "client_id": client_id, "scope": scope, "roles": roles,
         }  # fmt: skip
         return self.sign(claims), jti, exp

@@ -97,6 +97,9 @@ class ApiKeyVerifier:
             permissions = body.get("permissions") or []
             roles = body.get("roles") or []
             expires = body.get("expires_at")
+            created = body.get("created_at")
+            # When the key was made: tools refuses it once its owner is signed out after.
+            created_at = datetime.fromisoformat(str(created)).timestamp() if created else 0.0
             expires_at = (
                 datetime.fromisoformat(str(expires)).timestamp()
                 if expires
@@ -112,6 +115,7 @@ class ApiKeyVerifier:
                 not_before=0.0,
                 client_id=f"apikey:{key_id}",
                 roles=tuple(str(r) for r in roles),
+                claims={"iat": created_at},
             )
         except (KeyError, TypeError, ValueError):
             log.warning("apikey.introspection_unreadable")

@@ -39,15 +39,10 @@ __all__ = ["create_app", "trusted_issuers"]
 
 
 def trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
-    """auth (JWKS, or HS256 with a shared secret when configured) and keys (JWKS)."""
-    if settings.token_shared_secret is not None:
-        auth = TrustedIssuer(
-            settings.auth_issuer, algorithms=("HS256",), shared_secret=settings.token_shared_secret
-        )
-    else:
-        auth = TrustedIssuer(
-            settings.auth_issuer, jwks_url=settings.auth_internal_url + settings.auth_jwks_path
-        )
+    """auth and keys, each ES256 against its JWKS."""
+    auth = TrustedIssuer(
+        settings.auth_issuer, jwks_url=settings.auth_internal_url + settings.auth_jwks_path
+    )
     issuers = [auth]
     if settings.keys_issuer:
         issuers.append(

@@ -9,9 +9,11 @@ In order (each refusal is answered here, with its HTTP status, and audited):
 3. Authentication (RFC 6750 §2.1 header only): a JWT validated locally
    (`bastion_common.tokens`), or an API key (`mcp_...`) checked with `keys`. Missing or
    invalid: 401 with the RFC 9728 challenge; each failure also draws from the IP bucket.
-4. One Redis round trip (`ratelimit.RateLimiter`): refuse a revoked `jti` (401), else
-   take the call's cost from the principal's bucket (429 with `Retry-After` and
-   `RateLimit-Policy` / `RateLimit`). Redis unreachable: 503 (fail closed).
+4. One Redis round trip (`ratelimit.RateLimiter`): refuse a revoked `jti`, or a token or
+   API key issued before its subject was signed out, disabled or demoted
+   (`bastion_common.subjects`) (401), else take the call's cost from the principal's
+   bucket (429 with `Retry-After` and `RateLimit-Policy` / `RateLimit`). Redis
+   unreachable: 503 (fail closed).
 5. RBAC: a `tools/call` for a tool the token's scopes do not allow gets 403
    `insufficient_scope` with every scope needed, so the client can step up.
 
@@ -36,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bastion_common.http import RESPONSE_HEADERS_KEY, RESPONSE_STATUS_KEY
 from bastion_common.logging import get_logger
 from bastion_common.metrics import LoopCounter
+from bastion_common.subjects import KEYS_BEFORE, TOKENS_BEFORE, issued_at, subject_key
 from bastion_common.tokens import (
     Principal,
     TokenError,
@@ -152,6 +155,9 @@ class _Plan:
     user: AuthenticatedUser
     bucket_key: str
     denylist_key: str
+    subject_key: str
+    cutoff_field: str
+    issued_at: float
     capacity: int
     refill_per_second: float
     policy_header: tuple[bytes, bytes]
@@ -267,6 +273,9 @@ class Guard:
                 refill_per_second=plan.refill_per_second,
                 cost=calls.cost,
                 denylist_key=plan.denylist_key,
+                subject_key=plan.subject_key,
+                cutoff_field=plan.cutoff_field,
+                issued_at=plan.issued_at,
             )
         except LimiterUnavailable as exc:
             self._state_unavailable(deps, plan, calls, ip, exc)
@@ -374,6 +383,9 @@ class Guard:
             user=user,
             bucket_key=principal_bucket_key(principal.subject),
             denylist_key="" if is_key else denylist_key(principal.token_id),
+            subject_key=subject_key(principal.subject),
+            cutoff_field=KEYS_BEFORE if is_key else TOKENS_BEFORE,
+            issued_at=issued_at(principal),
             capacity=capacity,
             refill_per_second=refill,
             policy_header=(b"ratelimit-policy", b'"principal";q=%d;w=%d' % (capacity, window)),
@@ -516,7 +528,7 @@ class Guard:
         if decision.status == "revoked":
             deps.auditor.emit(
                 "authn.failed", "failure", principal=principal, ip=ip, reason="token revoked",
-                presented="bearer",
+                presented="api_key" if plan.cutoff_field == KEYS_BEFORE else "bearer",
             )  # fmt: skip
             raise _Refusal(
                 401,

@@ -1,8 +1,9 @@
 """Token-bucket rate limits and the revocation check, in one Redis round trip.
 
 Buckets live in Redis, so every replica of `tools` draws from the same ones. One Lua
-script (EVALSHA) refuses a denylisted token or takes the call's cost from the
-principal's bucket, atomically; `retry_after` is computed from the bucket, not fixed.
+script (EVALSHA) refuses a denylisted token, or one whose subject was signed out,
+disabled or demoted after it was issued, or takes the call's cost from the principal's
+bucket, atomically; `retry_after` is computed from the bucket, not fixed.
 When Redis cannot answer the caller gets `LimiterUnavailable` and must refuse the call
 (fail closed: no revocation check, no limit, no call).
 
@@ -79,8 +80,9 @@ def limits_for_roles(
     return max(known, key=lambda limit: limit[0]) if known else table["guest"]
 
 
-# A call's script arguments: denylist key, bucket key; capacity, refill, cost, ttl ms.
-_Call = tuple[str, str, int, float, int, int]
+# A call's script arguments: denylist key, subject key, bucket key; capacity, refill,
+# cost, ttl ms, cut-off field, issued at.
+_Call = tuple[str, str, str, int, float, int, int, str, float]
 _LEAD: Any = object()  # a waiting call's answer that says: the batch before is done, send
 
 
@@ -107,9 +109,14 @@ class RateLimiter:
         refill_per_second: float,
         cost: int = 1,
         denylist_key: str = "",
+        subject_key: str = "",
+        cutoff_field: str = "",
+        issued_at: float = 0.0,
     ) -> Decision:
-        call = (denylist_key, bucket_key, capacity, refill_per_second, cost,
-                bucket_ttl_ms(capacity, refill_per_second))  # fmt: skip
+        """Refuse a denylisted token, or one issued at or before its subject's
+        `cutoff_field` (`bastion_common.subjects`), else take `cost` from the bucket."""
+        call = (denylist_key, subject_key, bucket_key, capacity, refill_per_second, cost,
+                bucket_ttl_ms(capacity, refill_per_second), cutoff_field, issued_at)  # fmt: skip
         loop = asyncio.get_running_loop()  # once: on Python 3.11 each is a getpid call
         try:
             if not self._busy:
@@ -178,9 +185,9 @@ class RateLimiter:
     async def _evaluate(self, calls: Sequence[_Call]) -> list[Any]:
         keys: list[str] = []
         args: list[Any] = []
-        for deny, bucket, capacity, refill, cost, ttl in calls:
-            keys += (deny, bucket)
-            args += (capacity, refill, cost, ttl)
+        for deny, subject, bucket, capacity, refill, cost, ttl, field, issued in calls:
+            keys += (deny, subject, bucket)
+            args += (capacity, refill, cost, ttl, field, repr(issued))
         try:
             results = await self._evalsha(keys, args)
         except NoScriptError:  # Redis restarted or was flushed: load the script, once

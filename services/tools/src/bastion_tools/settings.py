@@ -7,10 +7,10 @@ canonical resource URI of this server is `public_url` + `mcp_path`.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from bastion_common.settings import Secret, ServiceSettings, check_secret_strength
+from bastion_common.settings import Secret, ServiceSettings
 
 __all__ = ["Settings"]
 
@@ -46,8 +46,7 @@ class Settings(ServiceSettings):
     keys_jwks_path: str = "/jwks.json"
     audit_internal_url: str = "http://localhost:8004"
     audit_resource: str = "http://localhost:8004"
-    # HS256 mode: when set, tokens of `auth_issuer` are checked with this shared secret
-    # instead of its JWKS (for deployments without public-key tokens).
+    # Refused when set (HS256 mode is not supported, see `_no_shared_secret`).
     token_shared_secret: SecretStr | None = None
 
     allowed_hosts: list[str] = Field(
@@ -105,10 +104,14 @@ class Settings(ServiceSettings):
             raise ValueError("tool costs must be at least 1")
         return {**DEFAULT_TOOL_COSTS, **value}
 
-    @model_validator(mode="after")
-    def _shared_secret_strong(self) -> Settings:
-        if self.token_shared_secret is not None:
-            problem = check_secret_strength(self.token_shared_secret.get_secret_value())
-            if problem:
-                raise ValueError(f"token_shared_secret {problem}")
-        return self
+    @field_validator("token_shared_secret")
+    @classmethod
+    def _no_shared_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # A secret shared with auth would let tools mint tokens for any audience, and keys
+        # and audit would refuse the tokens it checks anyway: ES256 from auth's JWKS only.
+        if value is not None:
+            raise ValueError(
+                "HS256 mode is not supported: auth tokens are ES256, checked against auth's"
+                " JWKS. Unset TOOLS_TOKEN_SHARED_SECRET."
+            )
+        return value

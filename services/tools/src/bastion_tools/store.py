@@ -43,13 +43,16 @@ def bucket_ttl_ms(capacity: int, refill_per_second: float) -> int:
     return int(capacity / refill_per_second * 1000) + 1000
 
 
-# One round trip per call: refuse a revoked token, else take `cost` tokens from the bucket.
+# One round trip per call: refuse a revoked token (its jti denylisted, or its subject cut
+# off after it was issued), else take `cost` tokens from the bucket.
 # One invocation decides a batch of calls, each exactly as if it ran alone, in order: the
 # limiter sends the calls that queued while the previous batch was in flight together.
 # The clock is Redis' own (TIME), so replicas with skewed clocks share one bucket correctly.
-# KEYS, two per call: the denylist key of the token's jti ("" to skip: API keys have no
-#   jti), then the bucket key
-# ARGV, four per call: capacity, refill per second, cost, ttl ms
+# KEYS, three per call: the denylist key of the token's jti ("" to skip: API keys have no
+#   jti), the subject's hash (`bastion_common.subjects`; "" to skip), then the bucket key
+# ARGV, six per call: capacity, refill per second, cost, ttl ms, the subject hash's
+#   cut-off field (tokens_before for a token, keys_before for an API key), and when the
+#   credential was issued (epoch s): at or before the cut-off it is revoked
 # Returns one {status, remaining, retry_after} per call: status 1 allowed, 0 refused,
 # -1 revoked, -2 the bucket key holds something else (that call fails closed; the others
 # in the batch are decided as usual).
@@ -60,9 +63,15 @@ BUCKET_SCRIPT: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
-local function decide(deny, bucket, capacity, rate, cost, ttl)
+local function decide(deny, subject, bucket, capacity, rate, cost, ttl, field, issued)
   if deny ~= '' and redis.call('EXISTS', deny) == 1 then
     return {-1, '0', '0'}
+  end
+  if subject ~= '' then
+    local cut = tonumber(redis.call('HGET', subject, field))
+    if cut and tonumber(issued) <= cut then
+      return {-1, '0', '0'}
+    end
   end
   local state = redis.pcall('HMGET', bucket, 'tokens', 'ts')
   if state.err then
@@ -92,10 +101,11 @@ local function decide(deny, bucket, capacity, rate, cost, ttl)
 end
 
 local out = {}
-for i = 1, #KEYS / 2 do
-  local a = 4 * (i - 1)
-  out[i] = decide(KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
-    tonumber(ARGV[a + 3]), ARGV[a + 4])
+for i = 1, #KEYS / 3 do
+  local k = 3 * (i - 1)
+  local a = 6 * (i - 1)
+  out[i] = decide(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], tonumber(ARGV[a + 1]),
+    tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
 end
 return out
 """

@@ -1,0 +1,41 @@
+"""Settings that must stop the service: a shared HS256 secret is refused (issue 22)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+from pydantic import ValidationError
+from services.tools.tests.helpers import CLIENT_SECRET
+
+from bastion_tools.settings import Settings
+
+HS_SECRET = "hs-" + "Lq9Zx2Wm7Rt4Yb1Nc6Vd3Fg8Js5Ae0Hk"
+
+
+def test_a_shared_token_secret_is_refused(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make_settings(token_shared_secret=HS_SECRET)
+    assert "HS256 mode is not supported" in str(caught.value)
+
+
+def test_tools_does_not_start_with_a_shared_token_secret() -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "TOOLS_CLIENT_SECRET": CLIENT_SECRET,
+        "TOOLS_TOKEN_SHARED_SECRET": HS_SECRET,
+    }
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "bastion_tools"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "TOOLS_TOKEN_SHARED_SECRET: Value error, HS256 mode is not supported" in done.stderr
+    assert "Traceback" not in done.stderr and HS_SECRET not in done.stderr
