@@ -87,7 +87,14 @@ class Chromium:
         self._pw = await async_playwright().start()
         self._browser = await self._pw.chromium.launch(
             executable_path=executable,
-            args=["--headless=new", "--no-sandbox", "--disable-gpu"],
+            # The test OpenID provider's issuer host is the loopback address here, as it
+            # is the idp container's network alias inside the stack.
+            args=[
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--host-resolver-rules=MAP idp.bastion.test 127.0.0.1",
+            ],
         )
         return self
 
@@ -116,9 +123,11 @@ class Chromium:
         decision: str = "allow",
         screenshots: str | None = None,
         context: BrowserContext | None = None,
+        via: str | None = None,
     ) -> Visit:
         """Open `url`, sign in (or press Cancel when decision is "cancel"), press the
-        decision on the consent page, and wait for the browser to reach `callback`."""
+        decision on the consent page, and wait for the browser to reach `callback`.
+        With `via`, sign in through that identity provider's link and its own form."""
         ctx = context or await self.context()
         page = await ctx.new_page()
         console: list[str] = []
@@ -126,13 +135,28 @@ class Chromium:
         page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
         try:
             await page.goto(url)
-            await page.wait_for_selector("#username")
+            await page.wait_for_selector("button[value=cancel]")
             if screenshots:
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
                 await page.screenshot(path=SCREENSHOTS / f"{screenshots}-login.png", full_page=True)
             if decision == "cancel":
                 session = await _session_cookie(ctx)
                 await page.get_by_role("button", name="Cancel").click()
+            elif via is not None:
+                await page.get_by_role("link", name=f"Sign in with {via}").click()
+                await page.wait_for_selector("input[name=login]")
+                if screenshots:
+                    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                    await page.screenshot(
+                        path=SCREENSHOTS / f"{screenshots}-idp.png", full_page=True
+                    )
+                await page.fill("input[name=login]", username)
+                await page.fill("input[name=password]", password)
+                await page.get_by_role("button", name="Sign in").click()
+                await page.wait_for_selector("button[value=allow]")
+                session = await _session_cookie(ctx)
+                label = "Allow" if decision == "allow" else "Deny"
+                await page.get_by_role("button", name=label, exact=True).click()
             else:
                 await page.fill("#username", username)
                 await page.fill("#password", password)
