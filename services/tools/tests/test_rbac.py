@@ -22,9 +22,9 @@ from services.tools.tests.helpers import (
     wait_for_event,
 )
 
+from bastion_common.contracts import PRINCIPAL_SCOPE_KEY
 from bastion_common.permissions import ROLE_PERMISSIONS, ROLES
 from bastion_tools.policy import ToolCallPolicy
-from bastion_tools.tools.catalog import PRINCIPAL_SCOPE_KEY
 
 pytestmark = pytest.mark.anyio
 

@@ -43,6 +43,7 @@ from pydantic_core import to_json
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bastion_common.contracts import EVENT_TYPES, EventType
 from bastion_common.ids import random_hex
 from bastion_common.logging import get_logger, redact, request_id_var
 from bastion_common.redis import DirectConnection
@@ -50,6 +51,7 @@ from bastion_common.redis import DirectConnection
 __all__ = [
     "AUDIT_STREAM",
     "EVENT_TYPES",
+    "EventType",
     "SCHEMA_VERSION",
     "AuditEvent",
     "AuditPublisher",
@@ -61,40 +63,6 @@ __all__ = [
 AUDIT_STREAM = "audit:events"
 SCHEMA_VERSION: Literal[1] = 1
 Outcome = Literal["success", "failure", "denied", "error"]
-
-# The event vocabulary, shared by publishers and the reports built on them. Outcomes:
-# success; failure (bad credentials or input); denied (refused by policy: scope, rate
-# limit, lockout); error (the service could not do its part).
-EVENT_TYPES: dict[str, str] = {
-    "service.started": "a service finished starting",
-    "auth.login": "a login attempt (principal = the username tried)",
-    "auth.lockout": "an account or client IP was locked after repeated failures",
-    "auth.consent": "a user allowed (success) or refused (denied) a client",
-    "oauth.code_issued": "an authorization code was issued",
-    "oauth.code_redeemed": "an authorization code was exchanged for tokens",
-    "oauth.code_replayed": "a used authorization code was presented again",
-    "oauth.request_failed": "an authorize or token request was refused (error in details)",
-    "token.issued": "an access (and refresh) token was issued",
-    "token.refreshed": "a refresh token was rotated",
-    "token.refresh_reuse": "a rotated refresh token was used again; its family was revoked",
-    "token.revoked": "a token (or all of a user's tokens) was revoked",
-    "client.registered": "a client registered (DCR) or a metadata document was accepted",
-    "signing_key.rotated": "a signing key was rotated",
-    "user.created": "an admin created a user",
-    "user.updated": "an admin changed a user's roles or disabled/enabled it",
-    "authn.failed": "a bearer token or API key was refused (reason in details)",
-    "authz.denied": "a call lacked the permission it needs",
-    "ratelimit.refused": "a call was refused by a rate limit",
-    "tool.called": "a tool ran (outcome success or error; latency and redacted args)",
-    "tool.invalid_params": "a tool call was refused for invalid arguments",
-    "request.invalid": "an MCP request was refused before any tool ran: not JSON, too large, "
-    "too many messages, or a session that is unknown or belongs to another credential",
-    "apikey.created": "an API key was created",
-    "apikey.rotated": "an API key was rotated",
-    "apikey.revoked": "an API key was revoked",
-    "apikey.exchanged": "an API key was exchanged for an access token",
-    "apikey.presentation_failed": "an unknown, expired, revoked or malformed key was presented",
-}
 
 _TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
@@ -180,7 +148,7 @@ class AuditEvent(BaseModel):
     @classmethod
     def trusted_json(
         cls,
-        type_: str,
+        type_: EventType,
         service: str,
         outcome: Outcome,
         *,

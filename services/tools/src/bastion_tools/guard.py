@@ -33,6 +33,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bastion_common.contracts import API_KEY_PREFIX, CLIENT_IP_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 from bastion_common.http import RESPONSE_HEADERS_KEY, RESPONSE_STATUS_KEY
 from bastion_common.logging import get_logger
 from bastion_common.metrics import LoopCounter
@@ -43,13 +44,13 @@ from bastion_common.tokens import (
     denylist_key,
     token_fingerprint,
 )
-from bastion_tools.apikeys import API_KEY_PREFIX, ApiKeyVerifier
+from bastion_tools.apikeys import ApiKeyVerifier
 from bastion_tools.events import Auditor
 from bastion_tools.metadata import bearer_challenge
 from bastion_tools.ratelimit import Decision, LimiterUnavailable, RateLimiter, limits_for_roles
 from bastion_tools.settings import Settings
 from bastion_tools.store import ip_bucket_key, principal_bucket_key
-from bastion_tools.tools.catalog import PRINCIPAL_SCOPE_KEY, ToolSpec
+from bastion_tools.tools.catalog import ToolSpec
 from bastion_tools.upstream import UpstreamError
 
 __all__ = ["Guard", "GuardDeps", "host_allowed", "origin_allowed"]
@@ -304,7 +305,7 @@ class Guard:
         scope["headers"] = _without_credentials(scope["headers"])
         scope["user"] = plan.user
         scope[PRINCIPAL_SCOPE_KEY] = principal
-        scope["bastion.ip"] = ip
+        scope[CLIENT_IP_SCOPE_KEY] = ip
         limits = plan.headers(decision)
         session = headers.session
         downstream = _replay(body, receive) if scope["method"] == "POST" else receive

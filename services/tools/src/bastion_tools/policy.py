@@ -19,10 +19,11 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, ListToolsResult
 
 from bastion_common.audit import Outcome
+from bastion_common.contracts import CLIENT_IP_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 from bastion_common.metrics import LoopHistogram
 from bastion_common.tokens import Principal
 from bastion_tools.events import Auditor
-from bastion_tools.tools.catalog import PRINCIPAL_SCOPE_KEY, InvalidArguments, ToolSpec
+from bastion_tools.tools.catalog import InvalidArguments, ToolSpec
 
 __all__ = ["ToolCallPolicy"]
 
@@ -53,7 +54,7 @@ class ToolCallPolicy:
             raise MCPError(code=-32001, message="not authenticated")
         if method == "tools/list":
             return self._filtered(await call_next(ctx), principal)
-        ip = scope.get("bastion.ip")
+        ip = scope.get(CLIENT_IP_SCOPE_KEY)
         params = ctx.params or {}
         name = params.get("name")
         arguments = params.get("arguments") or {}

@@ -26,6 +26,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, ToolAnnotations
 from pydantic import AfterValidator, Field, StringConstraints, ValidationError
 
+from bastion_common.contracts import PRINCIPAL_SCOPE_KEY
 from bastion_common.logging import get_logger
 from bastion_common.tokens import Principal
 from bastion_tools.tools.sandbox import Sandbox, SandboxError, check_relative_path
@@ -33,7 +34,6 @@ from bastion_tools.tools.weather import WeatherStore
 from bastion_tools.upstream import Upstream, UpstreamError
 
 __all__ = [
-    "PRINCIPAL_SCOPE_KEY",
     "CheckedArguments",
     "InvalidArguments",
     "ToolDeps",
@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
-PRINCIPAL_SCOPE_KEY = "bastion.principal"
 
 P = ParamSpec("P")
 R = TypeVar("R")
