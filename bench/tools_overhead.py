@@ -65,13 +65,12 @@ def plain_app(redis_url: str, stateless: bool) -> Any:
     from mcp.server.mcpserver import MCPServer
     from mcp.server.transport_security import TransportSecuritySettings
 
-    from bastion_common.redis import create_command_redis
+    from bastion_common.redis import create_redis
     from bastion_tools.tools.weather import WeatherStore
 
-    # The client `tools` gives the same store (each command bounded by one shared timer):
-    # redis-py's own bound costs a timer per send and per read, which would put the
-    # difference between two clients into the pipeline's figure.
-    redis = create_command_redis(redis_url)
+    # The client `tools` gives the same store, so that the difference between two clients
+    # does not land in the pipeline's figure.
+    redis = create_redis(redis_url)
     store = WeatherStore(redis)
     mcp: MCPServer[object] = MCPServer(name="plain")
 

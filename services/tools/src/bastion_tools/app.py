@@ -20,7 +20,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Route
 
-from bastion_common.redis import create_command_redis
+from bastion_common.redis import create_redis
 from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
 from bastion_tools.apikeys import ApiKeyVerifier
@@ -63,9 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        # The tools' own data (weather) on a client made for simple commands on a hot
-        # path: each command bounded as a whole (one shared timer), not a task per write.
-        data = create_command_redis(settings.redis_url.get_secret_value())
+        data = create_redis(settings.redis_url.get_secret_value())
         async with (
             contextlib.aclosing(data),
             httpx2.AsyncClient(timeout=settings.upstream_timeout) as http,
@@ -158,7 +156,6 @@ def create_app(settings: Settings) -> FastAPI:
                 # Calls that finished while shutting down are recorded too: hand every
                 # held event over before the common lifespan closes the publisher.
                 auditor.flush()
-                await limiter.aclose()
 
     # The MCP endpoint is a hot route: served before FastAPI's middleware and router. The
     # Route below is only reached by near misses (`/mcp/` gets the usual redirect).

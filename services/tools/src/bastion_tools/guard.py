@@ -31,12 +31,12 @@ from typing import Any, NamedTuple, NoReturn
 import pydantic_core
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion_common.contracts import API_KEY_PREFIX, CLIENT_IP_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 from bastion_common.http import RESPONSE_HEADERS_KEY, RESPONSE_STATUS_KEY
 from bastion_common.logging import get_logger
-from bastion_common.metrics import LoopCounter
 from bastion_common.tokens import (
     Principal,
     TokenError,
@@ -57,9 +57,7 @@ __all__ = ["Guard", "GuardDeps", "host_allowed", "origin_allowed"]
 
 log = get_logger(__name__)
 
-REFUSALS = LoopCounter(
-    "bastion_tools_refusals_total", "MCP requests refused by the guard", ["reason"]
-)
+REFUSALS = Counter("bastion_tools_refusals_total", "MCP requests refused by the guard", ["reason"])
 _MAX_BATCH = 32
 _MAX_BLOCKED_IPS = 100_000
 _MAX_PLANS = 10_000

@@ -17,17 +17,17 @@ from typing import Any
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, ListToolsResult
+from prometheus_client import Histogram
 
 from bastion_common.audit import Outcome
 from bastion_common.contracts import CLIENT_IP_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
-from bastion_common.metrics import LoopHistogram
 from bastion_common.tokens import Principal
 from bastion_tools.events import Auditor
 from bastion_tools.tools.catalog import InvalidArguments, ToolSpec
 
 __all__ = ["ToolCallPolicy"]
 
-TOOL_LATENCY = LoopHistogram(
+TOOL_LATENCY = Histogram(
     "bastion_tools_call_seconds",
     "Tool call latency inside the server",
     ["tool", "outcome"],
