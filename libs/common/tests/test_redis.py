@@ -7,9 +7,10 @@ import asyncio
 
 import anyio
 import pytest
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bastion_common.redis import create_redis
+from bastion_common.redis import OwnConnection, create_redis
 from tests.redis_process import RedisProcess, silent_server
 
 pytestmark = pytest.mark.anyio
@@ -67,3 +68,34 @@ async def test_the_first_command_after_a_redis_restart_is_retried_not_failed(
             assert await pipe.get("after").ping().execute() == [b"restart", True]
     finally:
         await general.aclose()
+
+
+async def test_an_error_reply_in_a_group_drops_the_connection_not_the_next_answers(
+    redis_url: str,
+) -> None:
+    """A reply that is an error raises; the replies behind it were never read, so the
+    connection is dropped and the next group reads only its own replies."""
+    general = create_redis(redis_url)
+    own = OwnConnection(general)
+    try:
+        await own.execute(("SET", "text", "not a list"))
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await own.execute(("LPUSH", "text", "x"), ("SET", "second", "1"))
+        assert await own.execute(("GET", "second"), ("GET", "text")) == [b"1", b"not a list"]
+    finally:
+        await own.aclose()
+        await general.aclose()
+
+
+async def test_an_own_connection_that_gets_no_answer_times_out_and_reconnects() -> None:
+    async with silent_server() as (port, held):
+        general = create_redis(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+        own = OwnConnection(general, timeout=0.3)
+        try:
+            for _ in range(2):
+                with pytest.raises(RedisTimeoutError, match="within 0.3 s"):
+                    await own.execute(("PING",))
+        finally:
+            await own.aclose()
+            await general.aclose()
+        assert len(held) == 2  # the timed-out connection was dropped, a new one opened

@@ -44,6 +44,7 @@ from redis.exceptions import RedisError
 
 from bastion_common.contracts import EVENT_TYPES, EventType
 from bastion_common.logging import get_logger, redact, request_id_var
+from bastion_common.redis import OwnConnection
 
 __all__ = [
     "AUDIT_STREAM",
@@ -206,6 +207,10 @@ def batch_fields(events_json: Sequence[str]) -> dict[str, str]:
     return {"v": str(SCHEMA_VERSION), "events": "[" + ",".join(events_json) + "]"}
 
 
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [part for pair in fields.items() for part in pair]
+
+
 def split_batch(events: str) -> list[dict[str, Any]]:
     """The events of an `events` field, not yet validated.
 
@@ -233,8 +238,10 @@ class AuditPublisher:
         batch_size: int = 256,
         entry_size: int = 64,
         retry_interval: float = 0.5,
+        timeout: float = 2.0,
     ) -> None:
         self._redis = redis
+        self._conn = OwnConnection(redis, timeout=timeout)  # batches go one at a time
         self._entry_size = max(1, entry_size)
         self._spool = Path(spool_path)
         self._stream = stream
@@ -286,6 +293,7 @@ class AuditPublisher:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
+        await self._conn.aclose()
 
     async def publish(self, event: AuditEvent) -> None:
         """Return once the event is in Redis or the spool, after every event handed over
@@ -361,10 +369,11 @@ class AuditPublisher:
         """Events (JSON) to the stream, up to `entry_size` per entry, in one round trip:
         one command per entry, not per event."""
         size = self._entry_size
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for i in range(0, len(lines), size):
-                pipe.xadd(self._stream, batch_fields(lines[i : i + size]))  # type: ignore[arg-type]
-            await pipe.execute()
+        commands = [
+            ("XADD", self._stream, "*", *_flat(batch_fields(lines[i : i + size])))
+            for i in range(0, len(lines), size)
+        ]
+        await self._conn.execute(*commands)
 
     async def _append_spool(self, lines: Sequence[str]) -> None:
         async with self._spool_lock:

@@ -25,8 +25,8 @@ from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
 from bastion_tools.apikeys import ApiKeyVerifier
 from bastion_tools.events import Auditor
-from bastion_tools.guard import Guard, GuardDeps
-from bastion_tools.metadata import metadata_router
+from bastion_tools.guard import BearerAuthenticator, Guard, GuardConfig, GuardDeps
+from bastion_tools.metadata import SCOPES_SUPPORTED, metadata_router
 from bastion_tools.policy import ToolCallPolicy
 from bastion_tools.ratelimit import RateLimiter
 from bastion_tools.settings import Settings
@@ -35,7 +35,7 @@ from bastion_tools.tools.sandbox import Sandbox
 from bastion_tools.tools.weather import WeatherStore
 from bastion_tools.upstream import ServiceTokens, Upstream
 
-__all__ = ["create_app", "trusted_issuers"]
+__all__ = ["create_app", "guard_config", "trusted_issuers"]
 
 
 def trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
@@ -58,8 +58,23 @@ def trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
     return issuers
 
 
+def guard_config(settings: Settings) -> GuardConfig:
+    return GuardConfig(
+        resource_uri=settings.resource_uri,
+        resource_metadata_url=settings.resource_metadata_url,
+        scopes_supported=SCOPES_SUPPORTED,
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+        authorization_servers=(settings.auth_issuer,),
+        max_body_bytes=settings.max_body_bytes,
+        rate_limits=settings.rate_limits,
+        ip_capacity=settings.ip_capacity,
+        ip_refill_per_second=settings.ip_refill_per_second,
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
-    guard = Guard(settings)
+    guard = Guard(guard_config(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
@@ -145,7 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
                     guard.bind(
                         manager.handle_request,
                         catalog,
-                        GuardDeps(validator, limiter, auditor, apikeys),
+                        GuardDeps(BearerAuthenticator(validator, apikeys), limiter, auditor),
                     )
                     try:
                         yield
@@ -156,6 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
                 # Calls that finished while shutting down are recorded too: hand every
                 # held event over before the common lifespan closes the publisher.
                 auditor.flush()
+                await limiter.aclose()
 
     # The MCP endpoint is a hot route: served before FastAPI's middleware and router. The
     # Route below is only reached by near misses (`/mcp/` gets the usual redirect).

@@ -19,15 +19,17 @@ times; at one connection a call waits one turn of an idle loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from prometheus_client import Histogram
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from bastion_common.permissions import DEFAULT_RATE_LIMITS
+from bastion_common.redis import OwnConnection
 from bastion_tools.store import BUCKET_SCRIPT, bucket_ttl_ms
 
 __all__ = ["Decision", "LimiterUnavailable", "RateLimiter", "limits_for_roles"]
@@ -80,12 +82,17 @@ _LEAD: Any = object()  # a waiting call's answer that says: the batch before is 
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, *, max_batch: int = 256) -> None:
-        # redis-py's Script: EVALSHA, and SCRIPT LOAD once when Redis lost the script.
-        self._script = redis.register_script(BUCKET_SCRIPT)
+    def __init__(self, redis: Redis, *, max_batch: int = 256, timeout: float = 2.0) -> None:
+        # One batch is in flight at a time: a connection of its own (see OwnConnection).
+        self._redis = redis
+        self._conn = OwnConnection(redis, timeout=timeout)
+        self._sha = hashlib.sha1(BUCKET_SCRIPT.encode(), usedforsecurity=False).hexdigest()
         self._max_batch = max(1, max_batch)
         self._busy = False  # a batch is in flight
         self._waiting: deque[tuple[_Call, asyncio.Future[Any]]] = deque()
+
+    async def aclose(self) -> None:
+        await self._conn.aclose()
 
     async def take(
         self,
@@ -169,7 +176,12 @@ class RateLimiter:
         for deny, bucket, capacity, refill, cost, ttl in calls:
             keys += (deny, bucket)
             args += (capacity, refill, cost, ttl)
-        results = await self._script(keys=keys, args=args)
+        evalsha = ("EVALSHA", self._sha, len(keys), *keys, *args)
+        try:
+            (results,) = await self._conn.execute(evalsha)
+        except NoScriptError:  # Redis restarted or was flushed: load the script, once
+            await self._redis.script_load(BUCKET_SCRIPT)
+            (results,) = await self._conn.execute(evalsha)
         if not isinstance(results, list) or len(results) != len(calls):
             raise RedisError("unexpected answer from the bucket script")
         return results
