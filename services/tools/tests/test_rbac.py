@@ -1,5 +1,5 @@
-"""RBAC: the role x tool matrix of DESIGN.md through a real MCP client session (the SDK's
-streamable HTTP client), `tools/list` filtering, and the 403 step-up challenge."""
+"""RBAC: the role x tool matrix of docs/architecture.md through a real MCP client session
+(the SDK's streamable HTTP client), `tools/list` filtering, and the 403 step-up challenge."""
 
 from __future__ import annotations
 
