@@ -70,15 +70,12 @@ def plain_app(redis_url: str, stateless: bool) -> Any:
     from mcp.server.mcpserver import MCPServer
     from mcp.server.transport_security import TransportSecuritySettings
 
-    from bastion_common import redis as clients
+    from bastion_common.redis import create_redis
     from bastion_tools.tools.weather import WeatherStore
 
-    # The client `tools` gives the same store, so that a difference between two Redis
-    # clients is not counted as the pipeline's (redis-py's default bound alone cost 5%
-    # of the plain call). The hand-written command client is being replaced by
-    # redis-py's own; once it is gone, both read through the common factory.
-    factory = getattr(clients, "create_command_redis", clients.create_redis)
-    redis = factory(redis_url)
+    # The client `tools` gives the same store, so that the difference between two clients
+    # does not land in the pipeline's figure.
+    redis = create_redis(redis_url)
     store = WeatherStore(redis)
     mcp: MCPServer[object] = MCPServer(name="plain")
 

@@ -1,4 +1,4 @@
-"""A headless "browser" for the login and consent pages (DESIGN.md form contract).
+"""A headless "browser" for the login and consent pages (docs/architecture.md form contract).
 
 It does what a person's browser does: follows the authorization URL, reads each HTML
 form, posts all of its inputs back (filling `username` / `password` on the login form,

@@ -1,4 +1,4 @@
-"""The role x tool matrix of DESIGN.md, through the running stack, for four real users.
+"""The role x tool matrix of docs/architecture.md, through the running stack, for four real users.
 
 Each user logs in through auth (authorization code + PKCE, login and consent forms),
 asks for every permission, and gets a token cut to what its role allows. `tools/list`

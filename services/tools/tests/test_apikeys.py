@@ -22,10 +22,10 @@ from services.tools.tests.helpers import (
     wait_for_event,
 )
 
+from bastion_common.contracts import APIKEY_REVOKED_CHANNEL
 from bastion_common.redis import create_redis
 from bastion_tools.app import create_app
 from bastion_tools.settings import Settings
-from bastion_tools.store import APIKEY_REVOKED_CHANNEL
 
 pytestmark = pytest.mark.anyio
 

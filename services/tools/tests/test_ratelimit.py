@@ -419,7 +419,9 @@ async def test_a_redis_that_never_answers_refuses_every_caller_within_the_timeou
             await redis.aclose()
         trips, _ = _batches()
         assert trips - trips_before >= 2
-        assert len(held) == trips - trips_before  # a timed-out connection is never reused
+        # A timed-out connection is never reused: each round trip (and its one retry)
+        # opened a new one.
+        assert len(held) >= trips - trips_before
 
 
 async def _redis_time(redis: Any) -> float:

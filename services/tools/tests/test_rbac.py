@@ -1,5 +1,5 @@
-"""RBAC: the role x tool matrix of DESIGN.md through a real MCP client session (the SDK's
-streamable HTTP client), `tools/list` filtering, and the 403 step-up challenge."""
+"""RBAC: the role x tool matrix of docs/architecture.md through a real MCP client session
+(the SDK's streamable HTTP client), `tools/list` filtering, and the 403 step-up challenge."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from services.tools.tests.helpers import (
     wait_for_event,
 )
 
+from bastion_common.contracts import PRINCIPAL_SCOPE_KEY
 from bastion_common.permissions import ROLE_PERMISSIONS, ROLES
 from bastion_tools.policy import ToolCallPolicy
-from bastion_tools.tools.catalog import PRINCIPAL_SCOPE_KEY
 
 pytestmark = pytest.mark.anyio
 

@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import re
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -43,13 +42,14 @@ from pydantic_core import to_json
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bastion_common.ids import random_hex
+from bastion_common.contracts import EVENT_TYPES, EventType
 from bastion_common.logging import get_logger, redact, request_id_var
-from bastion_common.redis import DirectConnection
+from bastion_common.redis import OwnConnection
 
 __all__ = [
     "AUDIT_STREAM",
     "EVENT_TYPES",
+    "EventType",
     "SCHEMA_VERSION",
     "AuditEvent",
     "AuditPublisher",
@@ -61,43 +61,6 @@ __all__ = [
 AUDIT_STREAM = "audit:events"
 SCHEMA_VERSION: Literal[1] = 1
 Outcome = Literal["success", "failure", "denied", "error"]
-
-# The event vocabulary, shared by publishers and the reports built on them. Outcomes:
-# success; failure (bad credentials or input); denied (refused by policy: scope, rate
-# limit, lockout); error (the service could not do its part).
-EVENT_TYPES: dict[str, str] = {
-    "service.started": "a service finished starting",
-    "auth.login": "a login attempt (principal = the account name tried, trimmed, lower case)",
-    "auth.logout": "a person signed out on the consent page (not you? sign out)",
-    "auth.lockout": "an account or client IP was locked after repeated failures",
-    "auth.consent": "a user allowed (success) or refused (denied) a client",
-    "oauth.code_issued": "an authorization code was issued",
-    "oauth.code_redeemed": "an authorization code was exchanged for tokens",
-    "oauth.code_replayed": "a used authorization code was presented again",
-    "oauth.request_failed": "an authorize or token request was refused (error in details)",
-    "token.issued": "an access (and refresh) token was issued",
-    "token.refreshed": "a refresh token was rotated",
-    "token.refresh_refused": "a refresh was refused because the identity provider no longer "
-    "confirms the person (or could not be asked); the family was revoked",
-    "token.refresh_reuse": "a rotated refresh token was used again; its family was revoked",
-    "token.revoked": "a token (or all of a user's tokens) was revoked",
-    "client.registered": "a client registered (DCR) or a metadata document was accepted",
-    "signing_key.rotated": "a signing key was rotated",
-    "user.created": "an admin created a user",
-    "user.updated": "an admin changed a user's roles or disabled/enabled it",
-    "authn.failed": "a bearer token or API key was refused (reason in details)",
-    "authz.denied": "a call lacked the permission it needs",
-    "ratelimit.refused": "a call was refused by a rate limit",
-    "tool.called": "a tool ran (outcome success or error; latency and redacted args)",
-    "tool.invalid_params": "a tool call was refused for invalid arguments",
-    "request.invalid": "an MCP request was refused before any tool ran: not JSON, too large, "
-    "too many messages, or a session that is unknown or belongs to another credential",
-    "apikey.created": "an API key was created",
-    "apikey.rotated": "an API key was rotated",
-    "apikey.revoked": "an API key was revoked",
-    "apikey.exchanged": "an API key was exchanged for an access token",
-    "apikey.presentation_failed": "an unknown, expired, revoked or malformed key was presented",
-}
 
 _TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
@@ -112,30 +75,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class _UtcClock:
-    """The current UTC time as the model serialises it ("2026-12-01T19:48:37.123456Z",
-    no fraction when it is zero), without a datetime: building one and having pydantic
-    serialise it cost several microseconds on a busy server. The date and time of day
-    are formatted once per second."""
-
-    __slots__ = ("_second",)
-
-    def __init__(self) -> None:
-        self._second: tuple[int, str] = (-1, "")
-
-    def text(self, at_ns: int | None = None) -> str:
-        """The time `at_ns` (nanoseconds since the epoch, as `time.time_ns()`; now when
-        None)."""
-        seconds, nanos = divmod(time.time_ns() if at_ns is None else at_ns, 1_000_000_000)
-        cached, prefix = self._second  # one tuple: threads never see a torn pair
-        if seconds != cached:
-            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-            self._second = (seconds, prefix)
-        micros = nanos // 1000
-        return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
+def _utc(at_ns: int) -> datetime:
+    """`at_ns` (as `time.time_ns()`) to the microsecond, cut rather than rounded."""
+    seconds, nanos = divmod(at_ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
 
 
-_CLOCK = _UtcClock()
 _FROM_CONTEXT: Any = object()  # trusted_json's request_id when the caller gives none
 
 
@@ -183,7 +128,7 @@ class AuditEvent(BaseModel):
     @classmethod
     def trusted_json(
         cls,
-        type_: str,
+        type_: EventType,
         service: str,
         outcome: Outcome,
         *,
@@ -213,8 +158,8 @@ class AuditEvent(BaseModel):
             request_id = request_id_var.get()
         fields = {
             "schema_version": SCHEMA_VERSION,
-            "id": random_hex(),  # same shape as uuid4().hex
-            "time": _CLOCK.text(at_ns),
+            "id": uuid.uuid4().hex,
+            "time": _now() if at_ns is None else _utc(at_ns),
             "type": type_,
             "service": service[:32],
             "outcome": outcome,
@@ -293,11 +238,10 @@ class AuditPublisher:
         batch_size: int = 256,
         entry_size: int = 64,
         retry_interval: float = 0.5,
+        timeout: float = 2.0,
     ) -> None:
         self._redis = redis
-        # The XADDs go out on a connection of the publisher's own: through the client's
-        # pool and command layer each cost three times the client CPU.
-        self._direct = DirectConnection(redis)
+        self._conn = OwnConnection(redis, timeout=timeout)  # batches go one at a time
         self._entry_size = max(1, entry_size)
         self._spool = Path(spool_path)
         self._stream = stream
@@ -349,7 +293,7 @@ class AuditPublisher:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
-        await self._direct.aclose()
+        await self._conn.aclose()
 
     async def publish(self, event: AuditEvent) -> None:
         """Return once the event is in Redis or the spool, after every event handed over
@@ -423,14 +367,13 @@ class AuditPublisher:
 
     async def _xadd(self, lines: Sequence[str]) -> None:
         """Events (JSON) to the stream, up to `entry_size` per entry, in one round trip:
-        a command costs tens of microseconds of client CPU, a few per event once they
-        share an entry."""
+        one command per entry, not per event."""
         size = self._entry_size
         commands = [
             ("XADD", self._stream, "*", *_flat(batch_fields(lines[i : i + size])))
             for i in range(0, len(lines), size)
         ]
-        await self._direct.execute_many(commands)
+        await self._conn.execute(*commands)
 
     async def _append_spool(self, lines: Sequence[str]) -> None:
         async with self._spool_lock:

@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from redis.asyncio import Redis
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion_common.logging import (
@@ -26,7 +27,6 @@ from bastion_common.logging import (
     request_id_var,
     valid_request_id,
 )
-from bastion_common.metrics import LoopCounter, LoopHistogram
 
 __all__ = [
     "RESPONSE_HEADERS_KEY",
@@ -39,10 +39,10 @@ __all__ = [
 
 log = get_logger(__name__)
 
-HTTP_REQUESTS = LoopCounter(
+HTTP_REQUESTS = Counter(
     "bastion_http_requests_total", "HTTP requests served", ["method", "route", "status"]
 )
-HTTP_LATENCY = LoopHistogram(
+HTTP_LATENCY = Histogram(
     "bastion_http_request_seconds",
     "HTTP request latency",
     ["method", "route"],
@@ -80,11 +80,8 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # The first X-Request-ID, found in C (a dict from the list reversed keeps it).
-        incoming = dict(reversed(scope.get("headers", ()))).get(b"x-request-id")
-        request_id = (
-            incoming is not None and valid_request_id(incoming.decode("latin-1"))
-        ) or new_request_id()
+        incoming = Headers(scope=scope).get("x-request-id")
+        request_id = valid_request_id(incoming) or new_request_id()
         token = request_id_var.set(request_id)
         status = 500
         response_started = False

@@ -1,4 +1,6 @@
-"""Roles, permissions and the scopes each resource offers (DESIGN.md, "Roles and permissions").
+"""Roles, permissions and the scopes each resource offers.
+
+See docs/architecture.md, "Roles and permissions".
 
 OAuth scopes are the permission strings. A token's scopes are what the client asked
 for, cut to what the user's roles allow and what the resource offers (`grantable`).

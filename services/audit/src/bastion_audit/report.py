@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from bastion_audit.store import AuditStore
+from bastion_common.contracts import ARGUMENT_PATH_JSON
 
 __all__ = ["RANGES", "Range", "Thresholds", "build_report"]
 
@@ -244,8 +245,8 @@ def _burst_rows(w: _Window, window_ms: int, threshold: int) -> list[tuple[str, i
 def _exfiltration(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
     out = []
     for principal, n, paths, first, last in w.rows(
-        "SELECT principal, COUNT(*),"
-        " COUNT(DISTINCT json_extract(body, '$.details.arguments.path')), MIN(ts), MAX(ts)"
+        "SELECT principal, COUNT(*),"  # noqa: S608 - the path is a constant
+        f" COUNT(DISTINCT json_extract(body, '{ARGUMENT_PATH_JSON}')), MIN(ts), MAX(ts)"
         " FROM events WHERE ts >= ? AND ts < ? AND type = 'tool.called'"
         " AND tool = 'read_file' AND outcome = 'success' AND principal IS NOT NULL"
         " GROUP BY principal HAVING COUNT(*) >= ?",
@@ -254,7 +255,7 @@ def _exfiltration(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
         sample_paths = [
             r[0]
             for r in w.rows(
-                "SELECT DISTINCT json_extract(body, '$.details.arguments.path') FROM events"
+                f"SELECT DISTINCT json_extract(body, '{ARGUMENT_PATH_JSON}') FROM events"  # noqa: S608
                 " WHERE ts >= ? AND ts < ? AND type = 'tool.called' AND tool = 'read_file'"
                 " AND principal = ? LIMIT 10",
                 principal,

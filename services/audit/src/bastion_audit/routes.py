@@ -1,4 +1,4 @@
-"""The audit API (DESIGN.md "Audit API"): events, the security report, chain verification.
+"""The audit API: events, the security report, chain verification (docs/architecture.md).
 
 Every route needs a viewer token (`access.py`). Store work runs in a thread.
 """

@@ -29,6 +29,7 @@ from typing import Any
 
 from bastion_audit.signing import CheckpointSigner
 from bastion_common.audit import AuditEvent
+from bastion_common.contracts import TOKEN_REF_DETAILS
 
 __all__ = [
     "GENESIS_HASH",
@@ -91,7 +92,7 @@ _COLUMNS = (
     "token_ref",
 )
 # Detail keys that name the token an event was made with (jti or a token id).
-_TOKEN_REF_KEYS = ("jti", "token_id")
+_TOKEN_REF_KEYS = TOKEN_REF_DETAILS
 
 
 def canonical_json(data: dict[str, Any]) -> str:

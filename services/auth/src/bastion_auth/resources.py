@@ -1,4 +1,4 @@
-"""Resource indicators (RFC 8707) and the scopes granted for one resource (DESIGN.md)."""
+"""Resource indicators (RFC 8707) and the scopes granted for one resource (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -156,7 +156,7 @@ class Settings(ServiceSettings):
 
     @property
     def resources(self) -> dict[str, frozenset[str]]:
-        """Resource URI -> scopes it offers (DESIGN.md, contracts)."""
+        """Resource URI -> scopes it offers (docs/architecture.md, contracts)."""
         return {
             self.tools_resource.rstrip("/"): ALL_PERMISSIONS,
             self.keys_resource.rstrip("/"): ALL_PERMISSIONS,

@@ -1,4 +1,4 @@
-"""The key management API (DESIGN.md, "Keys API"): create, list, get, rotate, revoke.
+"""The key management API: create, list, get, rotate, revoke (docs/architecture.md).
 
 Rules enforced here:
 - you can only delegate what you hold: a key's permissions must be known permission

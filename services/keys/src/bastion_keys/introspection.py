@@ -1,12 +1,13 @@
 """`POST /v1/introspect`: the tools server's check of a key presented to it directly.
 
 Not RFC 7662 (that would take a token, not a key, and a form body): a JSON contract
-shared with `tools` (DESIGN.md). The caller is a service: its access token from auth for
-this resource must carry a `client_id` in KEYS_INTROSPECTION_CLIENTS, anything else is
-403 and an `authz.denied` event. The answer is `{"active": false}` for every refusal,
-whatever the reason (the reason goes to the audit event), so the endpoint does not tell
-which keys exist. `created_at` lets tools refuse the key, in its one Redis round trip,
-once its owner is signed out or disabled after it was made. `expires_at` is when this
+shared with `tools` (`bastion_common.contracts.KeyIntrospection`). The caller is a
+service: its access token from auth for this resource must carry a `client_id` in
+KEYS_INTROSPECTION_CLIENTS, anything else is 403 and an `authz.denied` event. The answer
+is `{"active": false}` for every refusal, whatever the reason (the reason goes to the
+audit event), so the endpoint does not tell which keys exist. `created_at` lets tools
+refuse the key, in its one Redis round trip, once its owner is signed out or disabled
+after it was made. `expires_at` is when this
 secret stops working (the end of a rotation overlap when the old secret is presented),
 so a cache honouring it stops in time.
 
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from bastion_common.contracts import KeyIntrospection
 from bastion_keys.deps import Caller, Context, client_ip
 from bastion_keys.errors import KeysError
 from bastion_keys.presentation import PresentationRefused, RateLimited, present
@@ -40,14 +42,7 @@ class IntrospectRequest(BaseModel):
     client_ip: str | None = Field(default=None, max_length=64)
 
 
-class IntrospectResponse(BaseModel):
-    active: bool
-    key_id: str | None = None
-    owner: str | None = None
-    roles: list[str] | None = None
-    permissions: list[str] | None = None
-    expires_at: datetime | None = None
-    created_at: datetime | None = None
+IntrospectResponse = KeyIntrospection  # the contract's one owner: bastion_common.contracts
 
 
 @router.post(

@@ -14,6 +14,8 @@ import re
 import secrets
 from typing import Final, Literal
 
+from bastion_common.contracts import API_KEY_PREFIX
+
 __all__ = [
     "KEY_BYTES",
     "KEY_PREFIX",
@@ -26,7 +28,7 @@ __all__ = [
     "new_key_id",
 ]
 
-KEY_PREFIX: Final = "mcp_"
+KEY_PREFIX: Final = API_KEY_PREFIX
 KEY_BYTES: Final = 32
 _ENCODED_LENGTH: Final = 43  # ceil(32 * 4 / 3), no padding
 _KEY: Final = re.compile(rf"^{KEY_PREFIX}[A-Za-z0-9_-]{{{_ENCODED_LENGTH}}}$")

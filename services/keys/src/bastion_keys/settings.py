@@ -77,7 +77,8 @@ class Settings(ServiceSettings):
         return self
 
     def offered_scopes(self) -> dict[str, frozenset[str]]:
-        """Each resource a key may be exchanged for, with the scopes it offers (DESIGN.md)."""
+        """Each resource a key may be exchanged for, with the scopes it offers
+        (docs/architecture.md)."""
         if self.resource_scopes is not None:
             return {r.rstrip("/"): frozenset(s) for r, s in self.resource_scopes.items()}
         admin = self.admin_resource or f"{self.auth_issuer}/admin"

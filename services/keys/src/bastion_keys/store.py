@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
+from bastion_common.contracts import APIKEY_REVOKED_CHANNEL
 from bastion_common.tokens import denylist_key
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "record_key",
 ]
 
-APIKEY_REVOKED_CHANNEL: Final = "apikeys:revoked"
 RECORD_RETENTION_SECONDS: Final = 30 * 24 * 3600
 SIGNING_KEY: Final = "keys:signing_key"
 _RECORD_PREFIX: Final = "apikeys:rec:"

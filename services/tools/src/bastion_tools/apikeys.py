@@ -13,21 +13,20 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
 
 import anyio
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from bastion_common.contracts import API_KEY_PREFIX, APIKEY_REVOKED_CHANNEL, KeyIntrospection
 from bastion_common.logging import get_logger
 from bastion_common.tokens import Principal, TokenError, token_fingerprint
-from bastion_tools.store import APIKEY_REVOKED_CHANNEL
 from bastion_tools.upstream import Upstream
 
 __all__ = ["API_KEY_PREFIX", "ApiKeyVerifier"]
 
-API_KEY_PREFIX = "mcp_"
 log = get_logger(__name__)
 
 
@@ -90,36 +89,34 @@ class ApiKeyVerifier:
         body = await self._upstream.request(
             "POST", self._url, resource=self._resource, name="keys", json={"api_key": api_key}
         )
-        if not isinstance(body, dict) or body.get("active") is not True:
-            return None
         try:
-            key_id = str(body["key_id"])
-            permissions = body.get("permissions") or []
-            roles = body.get("roles") or []
-            expires = body.get("expires_at")
-            created = body.get("created_at")
-            # When the key was made: tools refuses it once its owner is signed out after.
-            created_at = datetime.fromisoformat(str(created)).timestamp() if created else 0.0
-            expires_at = (
-                datetime.fromisoformat(str(expires)).timestamp()
-                if expires
-                else time.time() + 365 * 24 * 3600
-            )
-            return Principal(
-                subject=str(body["owner"]),
-                issuer="apikey",
-                audience=self._audience,
-                scopes=frozenset(str(p) for p in permissions),
-                token_id=key_id,
-                expires_at=expires_at,
-                not_before=0.0,
-                client_id=f"apikey:{key_id}",
-                roles=tuple(str(r) for r in roles),
-                claims={"iat": created_at},
-            )
-        except (KeyError, TypeError, ValueError):
+            answer = KeyIntrospection.model_validate(body)
+        except ValidationError:
             log.warning("apikey.introspection_unreadable")
             return None
+        if not answer.active:
+            return None
+        if answer.key_id is None or answer.owner is None:
+            log.warning("apikey.introspection_unreadable")
+            return None
+        expires_at = (
+            answer.expires_at.timestamp()
+            if answer.expires_at is not None
+            else time.time() + 365 * 24 * 3600
+        )
+        return Principal(
+            subject=answer.owner,
+            issuer="apikey",
+            audience=self._audience,
+            scopes=frozenset(answer.permissions or ()),
+            token_id=answer.key_id,
+            expires_at=expires_at,
+            not_before=0.0,
+            client_id=f"apikey:{answer.key_id}",
+            roles=tuple(answer.roles or ()),
+            # When the key was made: tools refuses it once its owner is signed out after.
+            claims={"iat": answer.created_at.timestamp() if answer.created_at else 0.0},
+        )
 
     async def listen(self, redis: Redis, ready: anyio.Event | None = None) -> None:
         """Drop cached keys as `keys` announces revocations; reconnects until cancelled."""

@@ -20,13 +20,13 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Route
 
-from bastion_common.redis import create_command_redis
+from bastion_common.redis import create_redis
 from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
 from bastion_tools.apikeys import ApiKeyVerifier
 from bastion_tools.events import Auditor
-from bastion_tools.guard import Guard, GuardDeps
-from bastion_tools.metadata import metadata_router
+from bastion_tools.guard import BearerAuthenticator, Guard, GuardConfig, GuardDeps
+from bastion_tools.metadata import SCOPES_SUPPORTED, metadata_router
 from bastion_tools.policy import ToolCallPolicy
 from bastion_tools.ratelimit import RateLimiter
 from bastion_tools.settings import Settings
@@ -35,7 +35,7 @@ from bastion_tools.tools.sandbox import Sandbox
 from bastion_tools.tools.weather import WeatherStore
 from bastion_tools.upstream import ServiceTokens, Upstream
 
-__all__ = ["create_app", "trusted_issuers"]
+__all__ = ["create_app", "guard_config", "trusted_issuers"]
 
 
 def trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
@@ -53,14 +53,27 @@ def trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
     return issuers
 
 
+def guard_config(settings: Settings) -> GuardConfig:
+    return GuardConfig(
+        resource_uri=settings.resource_uri,
+        resource_metadata_url=settings.resource_metadata_url,
+        scopes_supported=SCOPES_SUPPORTED,
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+        authorization_servers=(settings.auth_issuer,),
+        max_body_bytes=settings.max_body_bytes,
+        rate_limits=settings.rate_limits,
+        ip_capacity=settings.ip_capacity,
+        ip_refill_per_second=settings.ip_refill_per_second,
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
-    guard = Guard(settings)
+    guard = Guard(guard_config(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
-        # The tools' own data (weather) on a client made for simple commands on a hot
-        # path: each command bounded as a whole (one shared timer), not a task per write.
-        data = create_command_redis(settings.redis_url.get_secret_value())
+        data = create_redis(settings.redis_url.get_secret_value())
         async with (
             contextlib.aclosing(data),
             httpx2.AsyncClient(timeout=settings.upstream_timeout) as http,
@@ -142,7 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
                     guard.bind(
                         manager.handle_request,
                         catalog,
-                        GuardDeps(validator, limiter, auditor, apikeys),
+                        GuardDeps(BearerAuthenticator(validator, apikeys), limiter, auditor),
                     )
                     try:
                         yield

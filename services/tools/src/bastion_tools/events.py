@@ -15,7 +15,7 @@ import asyncio
 import time
 from typing import Any
 
-from bastion_common.audit import EVENT_TYPES, AuditEvent, AuditPublisher, Outcome
+from bastion_common.audit import EVENT_TYPES, AuditEvent, AuditPublisher, EventType, Outcome
 from bastion_common.logging import (
     REDACTED,
     get_logger,
@@ -64,7 +64,7 @@ def _summarise(arguments: Any) -> dict[str, Any]:
 # What `emit` keeps of an event until it is rendered: type, outcome, principal (or a
 # name), ip, tool, details, request id, time (ns).
 _Held = tuple[
-    str, Outcome, Principal | None, str | None, str | None, str | None, dict[str, Any],
+    EventType, Outcome, Principal | None, str | None, str | None, str | None, dict[str, Any],
     str | None, int,
 ]  # fmt: skip
 
@@ -96,7 +96,7 @@ class Auditor:
 
     def emit(
         self,
-        type_: str,
+        type_: EventType,
         outcome: Outcome,
         *,
         principal: Principal | None = None,
@@ -137,7 +137,7 @@ class Auditor:
 
     def _render(
         self,
-        type_: str,
+        type_: EventType,
         outcome: Outcome,
         principal: Principal | None,
         principal_name: str | None,

@@ -3,12 +3,11 @@
 The metadata names the authorization server and the scopes this resource offers (the
 seven permissions; never `offline_access`, which is for the authorization server to
 grant). Every 401 and 403 carries `resource_metadata` (RFC 9728 §5.1) and the `scope`
-a client should ask for (RFC 6750 §3), so a client can discover, authorize and step up.
+a client should ask for (RFC 6750 §3; `guard.refusals.bearer_challenge`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter
@@ -17,7 +16,7 @@ from fastapi.responses import JSONResponse
 from bastion_common.permissions import ALL_PERMISSIONS
 from bastion_tools.settings import Settings
 
-__all__ = ["SCOPES_SUPPORTED", "bearer_challenge", "metadata_document", "metadata_router"]
+__all__ = ["SCOPES_SUPPORTED", "metadata_document", "metadata_router"]
 
 SCOPES_SUPPORTED: tuple[str, ...] = tuple(sorted(ALL_PERMISSIONS))
 
@@ -46,25 +45,3 @@ def metadata_router(settings: Settings) -> APIRouter:
     )
     router.add_api_route("/.well-known/oauth-protected-resource", metadata, methods=["GET"])
     return router
-
-
-def _quoted(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def bearer_challenge(
-    settings: Settings,
-    *,
-    scopes: Iterable[str] = SCOPES_SUPPORTED,
-    error: str | None = None,
-    description: str | None = None,
-) -> str:
-    """The `WWW-Authenticate` value for a refused call."""
-    parts = []
-    if error:
-        parts.append(f'error="{error}"')
-    if description:
-        parts.append(f'error_description="{_quoted(description)}"')
-    parts.append(f'scope="{" ".join(sorted(set(scopes)))}"')
-    parts.append(f'resource_metadata="{settings.resource_metadata_url}"')
-    return "Bearer " + ", ".join(parts)

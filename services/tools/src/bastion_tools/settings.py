@@ -60,7 +60,8 @@ class Settings(ServiceSettings):
     file_extensions: list[str] = Field(default_factory=lambda: [".txt", ".md", ".json", ".csv"])
     max_file_bytes: int = Field(default=1024 * 1024, ge=1, le=16 * 1024 * 1024)
 
-    # Rate limits: role -> [capacity, refill per second]; empty means DESIGN.md's defaults.
+    # Rate limits: role -> [capacity, refill per second]; empty means the defaults in
+    # docs/architecture.md.
     rate_limits: dict[str, tuple[int, float]] = Field(default_factory=dict)
     tool_costs: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_TOOL_COSTS))
     # Bucket for unauthenticated / failed attempts per client IP, in front of authentication.

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
-    "APIKEY_REVOKED_CHANNEL",
     "BUCKET_SCRIPT",
     "WEATHER_TTL_SECONDS",
     "bucket_ttl_ms",
@@ -16,8 +15,6 @@ __all__ = [
     "principal_bucket_key",
     "weather_key",
 ]
-
-APIKEY_REVOKED_CHANNEL: Final = "apikeys:revoked"
 
 WEATHER_TTL_SECONDS: Final = 7 * 24 * 3600
 """An observation older than a week is not 'the latest weather' any more."""

@@ -1,3 +1,6 @@
-"""The eight tools of DESIGN.md: weather (Redis), files (sandbox), admin (auth, audit)."""
+"""The eight built-in tools: weather (Redis), files (sandbox), admin (auth, audit).
+
+See docs/architecture.md, "Tools".
+"""
 
 __all__: list[str] = []

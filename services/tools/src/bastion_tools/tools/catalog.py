@@ -2,9 +2,8 @@
 
 Argument schemas are the tools' signatures (pydantic `Annotated` types with bounds); the
 SDK turns them into the advertised JSON Schema and validates every call against the same
-model right before the tool runs, once. `CheckedArguments` makes that one check strict:
-unknown arguments are refused too, and any problem is JSON-RPC -32602 naming the fields,
-never their values (`InvalidArguments`, which `policy.ToolCallPolicy` records).
+model right before the tool runs, once; `guard.arguments.CheckedArguments` makes that
+check strict (unknown arguments refused, problems named by field, never by value).
 Annotations tell clients the truth: readers are `readOnlyHint`, `write_file` and
 `delete_file` are `destructiveHint`.
 
@@ -21,21 +20,18 @@ import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
-from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
-from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, ToolAnnotations
-from pydantic import AfterValidator, Field, StringConstraints, ValidationError
+from mcp_types import ToolAnnotations
+from pydantic import AfterValidator, Field, StringConstraints
 
+from bastion_common.contracts import PRINCIPAL_SCOPE_KEY
 from bastion_common.logging import get_logger
 from bastion_common.tokens import Principal
+from bastion_tools.guard.arguments import CheckedArguments
 from bastion_tools.tools.sandbox import Sandbox, SandboxError, check_relative_path
 from bastion_tools.tools.weather import WeatherStore
 from bastion_tools.upstream import Upstream, UpstreamError
 
 __all__ = [
-    "PRINCIPAL_SCOPE_KEY",
-    "CheckedArguments",
-    "InvalidArguments",
     "ToolDeps",
     "ToolSpec",
     "build_catalog",
@@ -43,7 +39,6 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
-PRINCIPAL_SCOPE_KEY = "bastion.principal"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,61 +50,6 @@ class ToolSpec:
     permission: str
     cost: int
     tool: Tool
-
-
-class InvalidArguments(MCPError):
-    """JSON-RPC -32602 for a tool's arguments: each field at fault and what is wrong with
-    it, never the value sent (it may be a secret, or file contents)."""
-
-    def __init__(self, tool: str, problems: list[dict[str, str]]) -> None:
-        self.fields = sorted({problem["field"] for problem in problems})
-        super().__init__(
-            code=INVALID_PARAMS,
-            message=f"invalid arguments for {tool}: "
-            + "; ".join(f"{p['field']}: {p['problem']}" for p in problems),
-            data={"tool": tool, "errors": problems},
-        )
-
-
-def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "arguments", "problem": err["msg"]}
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
-
-
-class CheckedArguments(FuncMetadata):
-    """The SDK's argument check for one tool, made strict. The SDK runs it once per call,
-    right before the tool (`Tool.run`), and passes an `MCPError` through as the call's
-    JSON-RPC error; its own answer to bad arguments would be a tool result quoting
-    pydantic's text, values included."""
-
-    tool_name: str
-    # The argument names, read once: `arg_model.model_fields` goes through a pydantic
-    # descriptor, about half a microsecond on every call.
-    known_arguments: frozenset[str]
-
-    @classmethod
-    def of(cls, tool: Tool) -> "CheckedArguments":
-        sdk = tool.fn_metadata
-        return cls(
-            arg_model=sdk.arg_model, output_schema=sdk.output_schema,
-            output_model=sdk.output_model, wrap_output=sdk.wrap_output,
-            tool_name=tool.name, known_arguments=frozenset(sdk.arg_model.model_fields),
-        )  # fmt: skip
-
-    def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
-        known = self.known_arguments
-        unknown = [key for key in arguments_to_validate if key not in known]
-        if unknown:
-            raise InvalidArguments(
-                self.tool_name,
-                [{"field": str(key)[:64], "problem": "unknown argument"} for key in unknown],
-            )
-        try:
-            return super().validate_arguments(arguments_to_validate)
-        except ValidationError as exc:
-            raise InvalidArguments(self.tool_name, _field_errors(exc)) from None
 
 
 @dataclass(frozen=True)
