@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import re
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +42,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bastion_common.contracts import EVENT_TYPES, EventType
-from bastion_common.logging import get_logger, redact, request_id_var
+from bastion_common.logging import get_logger, new_id, redact, request_id_var
 from bastion_common.redis import OwnConnection
 
 __all__ = [
@@ -94,7 +93,7 @@ class AuditEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: Literal[1] = 1
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=8, max_length=64)
+    id: str = Field(default_factory=new_id, min_length=8, max_length=64)
     time: datetime = Field(default_factory=_now)
     type: str = Field(max_length=64, description="dotted name, e.g. token.issued")
     service: str = Field(max_length=32)
@@ -158,7 +157,7 @@ class AuditEvent(BaseModel):
             request_id = request_id_var.get()
         fields = {
             "schema_version": SCHEMA_VERSION,
-            "id": uuid.uuid4().hex,
+            "id": new_id(),
             "time": _now() if at_ns is None else _utc(at_ns),
             "type": type_,
             "service": service[:32],

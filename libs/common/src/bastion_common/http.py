@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bastion_common.logging import (
     get_logger,
     logs_at,
-    new_request_id,
+    new_id,
     request_id_var,
     valid_request_id,
 )
@@ -81,7 +81,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = Headers(scope=scope).get("x-request-id")
-        request_id = valid_request_id(incoming) or new_request_id()
+        request_id = valid_request_id(incoming) or new_id()
         token = request_id_var.set(request_id)
         status = 500
         response_started = False

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
-import uuid
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any
@@ -26,7 +26,7 @@ __all__ = [
     "get_logger",
     "is_sensitive_key",
     "logs_at",
-    "new_request_id",
+    "new_id",
     "redact",
     "redact_text",
     "request_id_headers",
@@ -171,9 +171,11 @@ def logs_at(level: int) -> bool:
     return level >= _configured_level
 
 
-def new_request_id() -> str:
-    """32 random hex digits (uuid4().hex)."""
-    return uuid.uuid4().hex
+def new_id() -> str:
+    """32 random hex digits, from the OS's random source (uuid4 costs six times more
+    and adds nothing an event or request id needs)."""
+    return os.urandom(16).hex()
+
 
 
 def valid_request_id(value: str | None) -> str | None:
