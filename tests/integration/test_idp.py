@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx2
 import pytest
 
+from tests.integration.conftest import Stack
 from tests.integration.idp import ALICE, BOB, Idp
 from tests.integration.oauth import pkce_pair
 
@@ -111,6 +112,15 @@ def test_discovery_names_the_shared_issuer(idp: Idp) -> None:
     assert "groups" in metadata["claims_supported"]
     # The same document through the issuer's name, as auth and the browser fetch it.
     assert idp.discovery() == metadata
+
+
+def test_the_auth_container_reaches_the_same_issuer_by_its_name(stack: Stack, idp: Idp) -> None:
+    script = (
+        "import json, sys, urllib.request;"
+        "print(json.load(urllib.request.urlopen(sys.argv[1], timeout=5))['issuer'])"
+    )
+    out = stack.exec("auth", "python", "-c", script, idp.discovery_url)
+    assert out.strip() == idp.issuer
 
 
 def test_code_flow_with_pkce_gives_groups_and_a_refresh_token_and_refresh_sees_new_groups(
