@@ -191,7 +191,7 @@ for (const event of ['server_error', 'authorization.error', 'grant.error', 'user
 
 // --- the interaction pages (no JavaScript) ------------------------------------------------
 function loginPage(uid, { login = '', error } = {}) {
-  return page('Sign in to Example Org', `
+  return page('Example Org account', `
 ${error ? `<p role="alert" class="error">${escape(error)}</p>` : ''}
 <form method="post" action="/interaction/${escape(uid)}/login">
   <label>Username <input name="login" autocomplete="username" value="${escape(login)}" required autofocus></label>
