@@ -12,6 +12,7 @@ resolves to the docker host, over https with the session's throwaway CA (`cimd` 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tests.integration.tls import DocumentServer, TestCA
 
 if TYPE_CHECKING:
     from tests.integration.audit_api import AuditApi
+    from tests.integration.idp import Idp
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -33,6 +35,7 @@ COMPOSE_FILES = ("compose.yaml", "compose.test.yaml")
 # Where the tests serve client ID metadata documents; auth resolves it to the docker host.
 CIMD_HOST = "cimd.bastion.test"
 ACCESS_TOKEN_TTL = 60
+IDP_PORT_OFFSET = 5  # the test OpenID provider (deploy/test-idp) listens on base + 5
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         fh.write(f"AUTH_ACCESS_TOKEN_TTL={ACCESS_TOKEN_TTL}\n")
         fh.write(f"CIMD_HOST={CIMD_HOST}\nCIMD_CA_FILE={ca.ca_file}\n")
         fh.write(f"BASE_IMAGE={os.environ.get('BASE_IMAGE', 'python:3.11-slim-bookworm')}\n")
+        idp_port = base + IDP_PORT_OFFSET
+        fh.write(f"IDP_PORT={idp_port}\nIDP_ISSUER=http://idp.bastion.test:{idp_port}\n")
+        fh.write(f"IDP_CLIENT_SECRET={secrets.token_urlsafe(32)}\n")
     os.environ["COMPOSE_PROJECT_NAME"] = project
     compose = DockerCompose(
         DEPLOY,
@@ -125,3 +131,15 @@ def audit(stack: Stack) -> AuditApi:
     from tests.integration.audit_api import AuditApi
 
     return AuditApi(stack)
+
+
+@pytest.fixture(scope="session")
+def idp(stack: Stack) -> Idp:
+    """The stack's OpenID provider (oidc-provider): discovery, set_groups, sign_in."""
+    from tests.integration.idp import Idp
+
+    return Idp(
+        int(stack.env["IDP_PORT"]),
+        stack.env["IDP_CLIENT_SECRET"],
+        f"{stack.urls['auth']}/federated/callback",
+    )

@@ -12,13 +12,13 @@ import httpx2
 from tests.integration.conftest import SERVICES, Stack
 
 
-def test_all_five_containers_are_healthy(stack: Stack) -> None:
+def test_all_containers_are_healthy(stack: Stack) -> None:
     out = stack.run("ps", "--format", "json").stdout
     rows = [json.loads(line) for line in out.splitlines() if line.strip()]
     if len(rows) == 1 and isinstance(rows[0], list):  # older compose prints one JSON array
         rows = rows[0]
     health = {row["Service"]: row.get("Health") for row in rows}
-    assert health == dict.fromkeys(("redis", *SERVICES), "healthy")
+    assert health == dict.fromkeys(("redis", *SERVICES, "idp"), "healthy")
 
 
 def test_every_service_answers_health_readiness_and_metrics(stack: Stack) -> None:
