@@ -131,7 +131,10 @@ class Chromium:
         ctx = context or await self.context()
         page = await ctx.new_page()
         console: list[str] = []
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        page.on(
+            "console",
+            lambda m: console.append(f"{m.type}: {m.text} @ {m.location.get('url', '')}"),
+        )
         page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
         try:
             await page.goto(url)
