@@ -177,7 +177,6 @@ def new_id() -> str:
     return os.urandom(16).hex()
 
 
-
 def valid_request_id(value: str | None) -> str | None:
     """The incoming X-Request-ID when it is safe to echo and log, else None."""
     if value and _REQUEST_ID.match(value):
