@@ -427,8 +427,8 @@ async def _signed_in(
 
 @router.get("/federated/start", include_in_schema=False)
 async def federated_start(request: Request, ctx: Ctx) -> Response:
-    """ "Sign in with <provider>": a link on the login page (a link, not a form, so the
-    page's form-action need not name every provider), checked like a form."""
+    """The login page's "Sign in with <provider>" link (a link, not a form, so the page's
+    form-action need not name every provider), checked like a form."""
     query = request.query_params
     sid, _ = await _session(ctx, request)
     request_id = query.get("request_id", "")[:128]
