@@ -170,6 +170,14 @@ class Harness:
             },
         )
 
+    async def all_events(self) -> list[dict[str, Any]]:
+        """Every audit event in the stream now, oldest first."""
+        return [
+            json.loads(e.model_dump_json())
+            for _id, fields in await self.redis.xrange("audit:events")
+            for e in AuditEvent.all_from_stream_fields(fields)
+        ]
+
     async def events(self, type_: str, count: int = 1, timeout: float = 5) -> list[dict[str, Any]]:
         """Audit events of `type_` once at least `count` are in the stream."""
         with anyio.fail_after(timeout):

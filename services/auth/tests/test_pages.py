@@ -38,7 +38,7 @@ async def test_login_without_the_csrf_token_is_refused(h: Harness) -> None:
     assert response.status_code == 403
     events = await h.events("oauth.request_failed")
     assert events[0]["details"]["error"] == "csrf"
-    assert not [e for e in await _all(h) if e["type"] == "auth.login"]
+    assert not [e for e in await h.all_events() if e["type"] == "auth.login"]
 
 
 @pytest.mark.anyio
@@ -115,18 +115,6 @@ async def _login(h: Harness, username: str, password: str) -> int:
         "/login", data={**hidden_inputs(page.text), "username": username, "password": password}
     )
     return response.status_code
-
-
-async def _all(h: Harness) -> list[dict]:  # type: ignore[type-arg]
-    import json
-
-    from bastion_common.audit import AuditEvent
-
-    return [
-        json.loads(e.model_dump_json())
-        for _i, f in await h.redis.xrange("audit:events")
-        for e in AuditEvent.all_from_stream_fields(f)
-    ]
 
 
 @pytest.mark.anyio

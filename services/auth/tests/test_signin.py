@@ -88,7 +88,7 @@ async def test_a_signed_in_cookie_cannot_answer_another_request(h: Harness) -> N
     )
     assert answer.status_code == 200 and "location" not in answer.headers
     assert 'name="password"' in answer.text
-    assert not [e for e in await _events(h) if e["type"] == "oauth.code_issued"]
+    assert not [e for e in await h.all_events() if e["type"] == "oauth.code_issued"]
 
 
 @pytest.mark.anyio
@@ -207,15 +207,3 @@ async def test_consent_tells_the_person_what_they_are_agreeing_to(h: Harness) ->
         "/login", data={**form, "username": "admin", "password": ADMIN_PASSWORD}
     )
     assert "30 minutes, then the application must ask you again" in consent.text
-
-
-async def _events(h: Harness) -> list[dict]:  # type: ignore[type-arg]
-    import json
-
-    from bastion_common.audit import AuditEvent
-
-    return [
-        json.loads(e.model_dump_json())
-        for _i, f in await h.redis.xrange("audit:events")
-        for e in AuditEvent.all_from_stream_fields(f)
-    ]

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from bastion_auth import admin, authorize, grants, introspection, revocation
+from bastion_auth import admin, authorize, federated, grants, introspection, revocation
 from bastion_auth.clients import SERVICE_CLIENT, ClientStore
 from bastion_auth.deps import AuthContext
 from bastion_auth.errors import OAuthError, oauth_error_response
@@ -126,7 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
             headers={"Cache-Control": "no-store"},
         )
 
-    for module in (admin, authorize, grants, revocation, introspection):
+    for module in (admin, authorize, federated, grants, revocation, introspection):
         app.include_router(module.router)
     # The pages' stylesheet: their CSP allows styles from this origin only.
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="static")

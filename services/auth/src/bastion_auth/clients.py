@@ -5,19 +5,31 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from redis.asyncio import Redis
 
 from bastion_auth.store import CLIENT, digest
 
-__all__ = ["Client", "ClientStore", "redirect_uri_matches"]
+__all__ = ["Client", "ClientStore", "clean_host", "redirect_uri_matches"]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "[::1]", "::1", "localhost"})
 SERVICE_CLIENT = "bastion-tools"
+_CLEAN_HOST = re.compile(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:.]+\]$")
+
+
+def clean_host(parts: SplitResult) -> str | None:
+    """A URL's host as written (an IPv6 literal keeps its brackets) when it is a plain DNS
+    name or IP literal, so it is safe in a CSP source expression; None otherwise. The
+    caller has already checked that `parts.port` parses."""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    if parts.port is not None:
+        host = host.removesuffix(f":{parts.port}")
+    return host if host and _CLEAN_HOST.match(host) else None
 
 
 @dataclass

@@ -16,7 +16,7 @@ import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-from bastion_auth.clients import LOOPBACK_HOSTS, Client
+from bastion_auth.clients import LOOPBACK_HOSTS, Client, clean_host
 from bastion_auth.errors import OAuthError
 
 __all__ = [
@@ -32,7 +32,6 @@ MAX_REDIRECT_URIS = 10
 MAX_URI_LENGTH = 2000
 MAX_NAME_LENGTH = 200
 ALLOWED_GRANTS = frozenset({"authorization_code", "refresh_token"})
-_HOST = re.compile(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:.]+\]$")
 # A private-use scheme must be a reverse domain name (RFC 8252 §7.1, "com.example.app").
 _PRIVATE_SCHEME = re.compile(r"^[a-z][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*)+$")
 # Schemes a browser or OS gives a meaning of its own; never a client's redirect.
@@ -71,10 +70,7 @@ def validate_redirect_uri(uri: object) -> str:
         if not parts.path.startswith("/"):
             raise OAuthError("invalid_redirect_uri", "a private-use redirect URI needs a path")
         return uri
-    host = parts.netloc.rsplit("@", 1)[-1]
-    if parts.port is not None:
-        host = host.removesuffix(f":{parts.port}")
-    if not parts.hostname or not _HOST.match(host):
+    if not parts.hostname or clean_host(parts) is None:
         raise OAuthError("invalid_redirect_uri", "redirect URI must have a host")
     if parts.scheme == "https":
         return uri

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from bastion_auth.clients import clean_host
+
 __all__ = ["STATIC_DIR", "STATIC_PATH", "csp", "form_target", "render", "security_headers"]
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -31,8 +33,7 @@ _env = Environment(
 )
 _env.globals.update(product=PRODUCT, static=STATIC_PATH)
 
-# What may appear in a CSP source expression we build from a redirect URI.
-_HOST = re.compile(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:.]+\]$")
+# A scheme that may stand as a CSP scheme-source (the host check is `clean_host`).
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
 
 
@@ -50,9 +51,8 @@ def form_target(redirect_uri: str) -> str | None:
         return None
     if scheme not in ("http", "https"):
         return f"{scheme}:"
-    host = parts.netloc.rsplit("@", 1)[-1]
-    host = host[: -len(f":{port}")] if port is not None and host.endswith(f":{port}") else host
-    if not host or not _HOST.match(host):
+    host = clean_host(parts)
+    if host is None:
         return None
     return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
 
