@@ -32,13 +32,13 @@ from typing import Any
 
 from harness import Processes, free_port, write_result
 
-from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher
+from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher, batch_fields
 from bastion_common.redis import create_redis
 
 
-def make_event(n: int) -> AuditEvent:
-    return AuditEvent(
-        type="tool.called", service="bench", principal=f"user{n % 50}", ip=f"10.0.{n % 7}.1",
+def make_event(n: int) -> str:
+    return AuditEvent.trusted_json(
+        "tool.called", "bench", "success", principal=f"user{n % 50}", ip=f"10.0.{n % 7}.1",
         tool="get_weather", details={"n": n, "latency_ms": 1.5, "arguments": {"city": "Paris"}},
     )  # fmt: skip
 
@@ -104,7 +104,7 @@ async def backlog(pipeline: Pipeline, n: int) -> dict[str, Any]:
         for start in range(0, n, 1000):
             async with redis.pipeline(transaction=False) as pipe:
                 for i in range(start, min(n, start + 1000)):
-                    pipe.xadd(AUDIT_STREAM, make_event(i).to_stream_fields())  # type: ignore[arg-type]
+                    pipe.xadd(AUDIT_STREAM, batch_fields([make_event(i)]))  # type: ignore[arg-type]
                 await pipe.execute()
     finally:
         await redis.aclose()

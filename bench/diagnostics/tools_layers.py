@@ -85,7 +85,7 @@ def _limiter():
 
 
 def _audit():
-    from bastion_tools.events import Auditor
+    from bastion_common.auditor import Auditor
 
     Auditor.emit = lambda self, *args, **kwargs: None
 

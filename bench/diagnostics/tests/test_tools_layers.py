@@ -25,7 +25,7 @@ SOURCE = python_path(ROOT)  # what the benchmark runs: this checkout's sources
 PROBE = """
 import asyncio
 from bastion_common.http import RequestContextMiddleware
-from bastion_tools.events import Auditor
+from bastion_common.auditor import Auditor
 from bastion_tools.guard import Guard
 from bastion_tools.policy import ToolCallPolicy
 from bastion_tools.ratelimit import RateLimiter

@@ -219,7 +219,7 @@ async def test_redis_stopped_and_started_under_load_loses_nothing_and_keeps_orde
     try:
         async with running(collector(collector_redis, store, batch_size=200)):
             for i in range(total):
-                publisher.emit(event(n=i))
+                publisher.emit(event(n=i).model_dump_json())
                 if i == 1000:
                     await publisher.drain()
                     await anyio.to_thread.run_sync(persistent_redis.stop)
@@ -316,7 +316,7 @@ async def test_events_flushed_together_share_one_stream_entry_in_order(
     await publisher.start()
     try:
         for n in range(10):
-            publisher.emit(event(n=n))
+            publisher.emit(event(n=n).model_dump_json())
         await publisher.drain()
     finally:
         await publisher.close()

@@ -144,10 +144,14 @@ async def test_when_the_denylist_cannot_be_read_the_request_is_refused(
 async def test_events_are_filtered_and_paged_for_a_viewer(
     app: FastAPI, client: httpx2.AsyncClient, issuer: Issuer
 ) -> None:
-    publisher = app.state.bastion.audit
+    publisher = app.state.bastion.audit.publisher
     for i in range(7):
-        await publisher.publish(event("tool.called", principal="pager", tool="read_file", n=i))
-    await publisher.publish(event("auth.login", "failure", principal="pager", ip="10.6.6.6"))
+        await publisher.publish(
+            event("tool.called", principal="pager", tool="read_file", n=i).model_dump_json()
+        )
+    await publisher.publish(
+        event("auth.login", "failure", principal="pager", ip="10.6.6.6").model_dump_json()
+    )
     with anyio.fail_after(5):
         while len(_store(app).query(where=EventFilter(principal="pager"))) < 8:
             await anyio.sleep(0.02)
@@ -213,7 +217,7 @@ async def test_the_report_and_verify_answer_a_viewer(
 async def test_metrics_show_stored_events_lag_pending_dead_letters_and_chain_head(
     app: FastAPI, client: httpx2.AsyncClient
 ) -> None:
-    await app.state.bastion.audit.publish(event())
+    await app.state.bastion.audit.publisher.publish(event().model_dump_json())
     with anyio.fail_after(5):
         while True:
             text = (await client.get("/metrics")).text
@@ -240,7 +244,7 @@ async def test_the_service_writes_signed_checkpoints_on_its_own(
     async with issuer.client() as jwks_client:
         application = create_app(make_settings(checkpoint_interval_s=0.05), http_client=jwks_client)
         async with application.router.lifespan_context(application):
-            await application.state.bastion.audit.publish(event())
+            await application.state.bastion.audit.publisher.publish(event().model_dump_json())
             store = _store(application)
             signer = application.state.bastion.extra["signer"]
             with anyio.fail_after(5):

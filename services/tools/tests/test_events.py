@@ -21,10 +21,10 @@ from services.tools.tests.helpers import (
 )
 
 from bastion_common.audit import AuditPublisher
+from bastion_common.auditor import Auditor
 from bastion_common.logging import REDACTED, request_id_var
 from bastion_common.redis import create_redis
 from bastion_tools.app import create_app
-from bastion_tools.events import Auditor
 from bastion_tools.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -76,14 +76,14 @@ async def auditor(redis_url: str, tmp_path: Path) -> AsyncIterator[Auditor]:
     publisher = AuditPublisher(redis, tmp_path / "spool.jsonl")
     await publisher.start()
     try:
-        yield Auditor(publisher, linger=0)
+        yield Auditor(publisher, "tools", linger=0)
     finally:
         await publisher.close()
         await redis.aclose()
 
 
 async def recorded(auditor: Auditor, redis_url: str, who: str, arguments: Any) -> dict[str, Any]:
-    auditor.emit("tool.called", "success", principal_name=who, tool="echo", arguments=arguments)
+    auditor.emit("tool.called", "success", principal=who, tool="echo", arguments=arguments)
     event = await wait_for_event(redis_url, "tool.called", principal=who)
     summary: dict[str, Any] = event.details["arguments"]
     return summary
@@ -144,11 +144,11 @@ async def test_a_held_event_keeps_the_request_id_and_time_of_its_call(
     publisher = AuditPublisher(redis, tmp_path / "spool.jsonl")
     await publisher.start()
     try:
-        auditor = Auditor(publisher, linger=60)  # only flush() hands it over
+        auditor = Auditor(publisher, "tools", linger=60)  # only flush() hands it over
         token = request_id_var.set("req-of-the-call")
         before = datetime.now(UTC)
         try:
-            auditor.emit("tool.called", "success", principal_name="held", tool="echo")
+            auditor.emit("tool.called", "success", principal="held", tool="echo")
         finally:
             request_id_var.reset(token)
         after = datetime.now(UTC)
@@ -167,7 +167,7 @@ async def test_an_event_of_an_unknown_type_is_refused_when_emitted(
 ) -> None:
     redis = create_redis(redis_url)
     publisher = AuditPublisher(redis, tmp_path / "spool.jsonl")
-    auditor = Auditor(publisher, linger=60)
+    auditor = Auditor(publisher, "tools", linger=60)
     with pytest.raises(ValueError, match="unknown audit event type"):
         auditor.emit("tool.caled", "success")
     await redis.aclose()
@@ -182,9 +182,9 @@ async def test_an_event_whose_details_cannot_be_rendered_is_recorded_without_the
     looped: list[Any] = []
     looped.append(looped)  # redaction would walk it for ever
     try:
-        auditor = Auditor(publisher, linger=60)
-        auditor.emit("tool.called", "success", principal_name="loop", tool="echo", odd=looped)
-        auditor.emit("tool.called", "success", principal_name="after", tool="echo", n=1)
+        auditor = Auditor(publisher, "tools", linger=60)
+        auditor.emit("tool.called", "success", principal="loop", tool="echo", odd=looped)
+        auditor.emit("tool.called", "success", principal="after", tool="echo", n=1)
         auditor.flush()
         broken = await wait_for_event(redis_url, "tool.called", principal="loop")
         after = await wait_for_event(redis_url, "tool.called", principal="after")

@@ -144,7 +144,7 @@ class AuditEvent(BaseModel):
 
         `request_id` defaults to the current request's, `at_ns` (when the event
         happened, as `time.time_ns()`) to now: a caller that renders events after they
-        happened (`bastion_tools.events.Auditor`) passes both, read when it happened.
+        happened (`bastion_common.auditor.Auditor`) passes both, read when it happened.
 
         It is what validation would accept (type from EVENT_TYPES, details redacted,
         strings cut to the schema's limits instead of refused) and what the model would
@@ -220,9 +220,9 @@ def split_batch(events: str) -> list[dict[str, Any]]:
     return parsed
 
 
-# A queued item: an event, a JSON line or several (`emit_many`), and the future a
+# A queued item: an event's JSON line or several (`emit_many`), and the future a
 # `publish` caller awaits.
-_Item = tuple[AuditEvent | str | tuple[str, ...], asyncio.Future[None] | None]
+_Item = tuple[str | tuple[str, ...], asyncio.Future[None] | None]
 
 
 class AuditPublisher:
@@ -294,9 +294,9 @@ class AuditPublisher:
                 await self._replayer
         await self._conn.aclose()
 
-    async def publish(self, event: AuditEvent) -> None:
-        """Return once the event is in Redis or the spool, after every event handed over
-        before it (emitted or published)."""
+    async def publish(self, event: str) -> None:
+        """Return once the event (its JSON line, as `AuditEvent.trusted_json` renders it)
+        is in Redis or the spool, after every event handed over before it."""
         if self._closed or self._flusher is None or self._flusher.done():
             await self._send([event])
             return
@@ -304,8 +304,8 @@ class AuditPublisher:
         self._queue.put_nowait((event, done))
         await done
 
-    def emit(self, event: AuditEvent | str) -> None:
-        """Queue an event, or its JSON line as `AuditEvent.trusted_json` renders it."""
+    def emit(self, event: str) -> None:
+        """Queue an event's JSON line (`AuditEvent.trusted_json`)."""
         self._queue.put_nowait((event, None))
 
     def emit_many(self, lines: Sequence[str]) -> None:
@@ -333,7 +333,7 @@ class AuditPublisher:
                     self._queue.task_done()
 
     async def _send_items(self, items: Sequence[_Item]) -> None:
-        events: list[AuditEvent | str] = []
+        events: list[str] = []
         for payload, _ in items:
             if isinstance(payload, tuple):
                 events.extend(payload)
@@ -353,14 +353,13 @@ class AuditPublisher:
             if done is not None and not done.done():
                 done.set_result(None)
 
-    async def _send(self, events: Sequence[AuditEvent | str]) -> None:
-        lines = [e if isinstance(e, str) else e.model_dump_json() for e in events]
+    async def _send(self, lines: Sequence[str]) -> None:
         if not self.spooled:
             try:
                 await self._xadd(lines)
                 return
             except (RedisError, OSError) as exc:
-                log.warning("audit.spooling", reason=type(exc).__name__, count=len(events))
+                log.warning("audit.spooling", reason=type(exc).__name__, count=len(lines))
         await self._append_spool(lines)
         self._start_replay()
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -69,6 +70,18 @@ def _route_label(scope: Scope, fixed: str | None = None) -> str:
     return str(path) if path else "unmatched"
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_metrics(method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+    """The request counter and latency histogram of one label set. `labels()` checks
+    and locks on every call; the label sets are few (routes, not paths), so each is
+    looked up once."""
+    method = method if method in _METHODS else "other"  # a client picks the method
+    return HTTP_REQUESTS.labels(method, route, str(status)), HTTP_LATENCY.labels(method, route)
+
+
 class RequestContextMiddleware:
     """`route`: the metrics label when the wrapped app is one route (no router sets it)."""
 
@@ -124,8 +137,9 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = _route_label(scope, self.route)
             method = scope.get("method", "")
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_LATENCY.labels(method, route).observe(elapsed)
+            requests, latency = _request_metrics(method, route, status)
+            requests.inc()
+            latency.observe(elapsed)
             if logs_at(logging.INFO) and scope.get("path") not in _QUIET_PATHS:
                 log.info(
                     "http.request",

@@ -1,7 +1,8 @@
 """The frame every service shares: clients owned by the lifespan, common routes, uvicorn.
 
 A service's `create_app(settings)` calls `create_service_app`, adds its own routers and
-returns. The lifespan opens Redis and the audit publisher, announces
+returns. The lifespan opens Redis and the audit front end (`state.audit`, an
+`auditor.Auditor`; `audit_linger` holds events back to batch them), announces
 `service.started`, and closes both on shutdown (queued audit events are flushed first).
 
 `hot_routes` are ASGI apps served at one exact path before FastAPI's own middleware and
@@ -23,7 +24,8 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bastion_common.audit import AuditEvent, AuditPublisher
+from bastion_common.audit import AuditPublisher
+from bastion_common.auditor import Auditor
 from bastion_common.http import ReadinessCheck, RequestContextMiddleware, ops_router, redis_check
 from bastion_common.logging import configure_logging, get_logger
 from bastion_common.redis import Redis, create_redis
@@ -40,7 +42,7 @@ class ServiceState:
 
     settings: ServiceSettings
     redis: Redis
-    audit: AuditPublisher
+    audit: Auditor
     checks: list[tuple[str, ReadinessCheck]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -80,13 +82,15 @@ def create_service_app(
     redis_factory: Callable[[str], Redis] = create_redis,
     docs: bool = True,
     hot_routes: Mapping[str, ASGIApp] | None = None,
+    audit_linger: float = 0.0,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = redis_factory(settings.redis_url.get_secret_value())
         spool = Path(settings.spool_dir) / f"{settings.service_name}.jsonl"
-        audit = AuditPublisher(redis, spool)
-        await audit.start()
+        publisher = AuditPublisher(redis, spool)
+        await publisher.start()
+        audit = Auditor(publisher, settings.service_name, linger=audit_linger)
         state = ServiceState(settings=settings, redis=redis, audit=audit)
         state.checks.append(("redis", redis_check(redis)))
         app.state.bastion = state
@@ -101,7 +105,8 @@ def create_service_app(
                 _freeze_startup_objects(app)
                 yield
         finally:
-            await audit.close()
+            audit.flush()  # events held back for batching go out before the publisher closes
+            await publisher.close()
             await redis.aclose()
 
     app = ServiceApp(
@@ -142,13 +147,7 @@ def _freeze_startup_objects(app: FastAPI) -> None:
 
 
 async def _announce(state: ServiceState) -> None:
-    await state.audit.publish(
-        AuditEvent(
-            type="service.started",
-            service=state.settings.service_name,
-            details={"version": "0.1.0"},
-        )
-    )
+    await state.audit.publish("service.started", version="0.1.0")
     log.info("service.started", port=state.settings.port)
 
 

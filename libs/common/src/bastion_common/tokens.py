@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import httpx2
 import jwt
@@ -41,6 +41,7 @@ from jwt import PyJWK
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from bastion_common.errors import ServiceError
 from bastion_common.logging import get_logger, request_id_headers
 from bastion_common.permissions import parse_scope
 
@@ -61,15 +62,13 @@ DENYLIST_PREFIX = "revoked:jti:"
 ASYMMETRIC_ALGORITHMS = frozenset({"ES256", "ES384", "RS256", "PS256", "EdDSA"})
 log = get_logger(__name__)
 
-TokenErrorCode = Literal["invalid_token"]
 
+class TokenError(ServiceError):
+    """The token cannot be accepted (401 invalid_token, RFC 6750 §3.1). `description`
+    is safe to show the caller."""
 
-@dataclass(frozen=True)
-class TokenError(Exception):
-    """The token cannot be accepted. `description` is safe to show the caller."""
-
-    description: str
-    code: TokenErrorCode = "invalid_token"
+    def __init__(self, description: str) -> None:
+        super().__init__(401, "invalid_token", description)
 
     def __str__(self) -> str:
         return self.description

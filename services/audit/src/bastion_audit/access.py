@@ -14,8 +14,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from redis.exceptions import RedisError
 
-from bastion_audit.errors import ApiError
-from bastion_common.audit import AuditEvent, Outcome
+from bastion_common.audit import Outcome
+from bastion_common.errors import ServiceError
 from bastion_common.logging import get_logger
 from bastion_common.service import ServiceState
 from bastion_common.subjects import principal_refusal
@@ -36,16 +36,7 @@ def _audit(
     principal: str | None,
     **details: Any,
 ) -> None:
-    state.audit.emit(
-        AuditEvent(
-            type=type_,
-            service=state.settings.service_name,
-            outcome=outcome,
-            principal=principal,
-            ip=ip,
-            details=details,
-        )
-    )
+    state.audit.emit(type_, outcome, principal=principal, ip=ip, **details)
 
 
 def _challenge(error: str, description: str, scope: str | None = None) -> str:
@@ -62,7 +53,7 @@ async def require_viewer(request: Request) -> Principal:
     if not header:
         _audit(state, "authn.failed", "failure", ip, None, reason="missing_token", path=path)
         # RFC 6750 §3.1: no error code when the request carried no credentials.
-        raise ApiError(
+        raise ServiceError(
             401, "invalid_token", "authentication required", {"WWW-Authenticate": _REALM}
         )
     scheme, _, token = header.partition(" ")
@@ -73,7 +64,7 @@ async def require_viewer(request: Request) -> Principal:
         principal = await validator.validate(token)
     except TokenError as exc:
         _audit(state, "authn.failed", "failure", ip, None, reason=str(exc), path=path)
-        raise ApiError(
+        raise ServiceError(
             401,
             "invalid_token",
             str(exc),
@@ -93,7 +84,7 @@ async def require_viewer(request: Request) -> Principal:
             reason="revocation state unavailable",
             path=path,
         )
-        raise ApiError(
+        raise ServiceError(
             503, "temporarily_unavailable", "revocation cannot be checked now", {"Retry-After": "1"}
         ) from None
     if refusal is not None:
@@ -107,7 +98,7 @@ async def require_viewer(request: Request) -> Principal:
             path=path,
             jti=principal.token_id,
         )
-        raise ApiError(
+        raise ServiceError(
             401,
             "invalid_token",
             "token revoked",
@@ -125,7 +116,7 @@ async def require_viewer(request: Request) -> Principal:
             jti=principal.token_id,
         )
         description = f"this call needs {REQUIRED_PERMISSION}"
-        raise ApiError(
+        raise ServiceError(
             403,
             "insufficient_scope",
             description,

@@ -12,13 +12,13 @@ import httpx2
 from fastapi import FastAPI
 
 from bastion_audit.collector import Collector
-from bastion_audit.errors import install_error_handlers
 from bastion_audit.maintenance import Maintenance
 from bastion_audit.report import Thresholds
 from bastion_audit.routes import router
 from bastion_audit.settings import Settings
 from bastion_audit.signing import CheckpointSigner
 from bastion_audit.store import AuditStore
+from bastion_common.errors import install_error_handlers
 from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
 
@@ -121,6 +121,6 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
             await anyio.to_thread.run_sync(store.close)
 
     app = create_service_app(settings, title="MCP Bastion audit", extra_lifespan=collector_lifespan)
-    install_error_handlers(app)
+    install_error_handlers(app, unavailable="the audit stream cannot be reached")
     app.include_router(router)
     return app

@@ -13,10 +13,10 @@ import anyio
 from fastapi import APIRouter, Query, Request
 
 from bastion_audit.access import Viewer
-from bastion_audit.errors import ApiError
 from bastion_audit.report import Range, Thresholds, build_report
 from bastion_audit.signing import CheckpointSigner
 from bastion_audit.store import AuditStore, EventFilter
+from bastion_common.errors import ServiceError
 from bastion_common.service import ServiceState
 
 __all__ = ["router"]
@@ -51,10 +51,10 @@ async def events(
     cursor: Annotated[str | None, Query(max_length=32)] = None,
 ) -> dict[str, Any]:
     if cursor is not None and not _CURSOR.match(cursor):
-        raise ApiError(400, "invalid_request", "cursor is not one this API returned")
+        raise ServiceError(400, "invalid_request", "cursor is not one this API returned")
     since, until = _utc(since), _utc(until)
     if since and until and since >= until:
-        raise ApiError(400, "invalid_request", "since must be before until")
+        raise ServiceError(400, "invalid_request", "since must be before until")
     store: AuditStore = _state(request).extra["store"]
     flt = EventFilter(since, until, type, principal, outcome, tool, ip)
     after = int(cursor) if cursor else 0

@@ -22,6 +22,7 @@ from bastion_auth.app import build_context, create_app
 from bastion_auth.settings import Settings
 from bastion_auth.users import UserError
 from bastion_common.audit import AuditPublisher
+from bastion_common.auditor import Auditor
 from bastion_common.redis import create_redis
 from bastion_common.service import ServiceState, run
 from bastion_common.settings import load_settings
@@ -49,9 +50,10 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _command(settings: Settings, args: argparse.Namespace) -> int:
     redis = create_redis(settings.redis_url.get_secret_value())
-    audit = AuditPublisher(redis, Path(settings.spool_dir) / "auth-cli.jsonl")
-    await audit.start()
+    publisher = AuditPublisher(redis, Path(settings.spool_dir) / "auth-cli.jsonl")
+    await publisher.start()
     try:
+        audit = Auditor(publisher, settings.service_name)
         ctx = await build_context(settings, ServiceState(settings, redis, audit))
         out: object
         if args.group == "keys":
@@ -93,7 +95,7 @@ async def _command(settings: Settings, args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return 1
     finally:
-        await audit.close()
+        await publisher.close()
         await redis.aclose()
 
 

@@ -7,13 +7,12 @@ from contextlib import asynccontextmanager
 
 import httpx2
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from bastion_auth import admin, authorize, federated, grants, introspection, revocation
 from bastion_auth.clients import SERVICE_CLIENT, ClientStore
 from bastion_auth.deps import AuthContext
-from bastion_auth.errors import OAuthError, oauth_error_response
 from bastion_auth.federation import Federation
 from bastion_auth.keys import KeyRing
 from bastion_auth.lockout import Lockout
@@ -22,7 +21,7 @@ from bastion_auth.settings import Settings
 from bastion_auth.store import BOOTSTRAP_LOCK
 from bastion_auth.tokens import TokenService
 from bastion_auth.users import UserStore
-from bastion_common.audit import AuditEvent
+from bastion_common.errors import error_response, install_error_handlers
 from bastion_common.logging import get_logger
 from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
@@ -88,12 +87,7 @@ async def _bootstrap_admin(ctx: AuthContext) -> None:
         s.bootstrap_admin_username, s.bootstrap_admin_password.get_secret_value(), ["admin"]
     )
     await ctx.audit.publish(
-        AuditEvent(
-            type="user.created",
-            service="auth",
-            principal="bootstrap",
-            details={"username": user.username, "roles": user.roles},
-        )
+        "user.created", principal="bootstrap", username=user.username, roles=user.roles
     )
     log.info("user.bootstrap_admin_created", username=user.username)
 
@@ -113,18 +107,12 @@ def create_app(settings: Settings) -> FastAPI:
         settings, title="MCP Bastion auth", extra_lifespan=lifespan, docs=False
     )
 
-    @app.exception_handler(OAuthError)
-    async def _oauth_error(request: Request, exc: OAuthError) -> Response:
-        return oauth_error_response(exc)
+    install_error_handlers(app, unavailable="the sign-in store cannot be reached")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.error("request.failed", error=type(exc).__name__, path=request.url.path)
-        return JSONResponse(
-            {"error": "server_error", "error_description": "internal error"},
-            status_code=500,
-            headers={"Cache-Control": "no-store"},
-        )
+        return error_response(500, "server_error", "internal error")
 
     for module in (admin, authorize, federated, grants, revocation, introspection):
         app.include_router(module.router)

@@ -17,7 +17,8 @@ from bastion_auth.lockout import Lockout
 from bastion_auth.settings import Settings
 from bastion_auth.tokens import TokenService
 from bastion_auth.users import UserStore
-from bastion_common.audit import AuditEvent, AuditPublisher, Outcome
+from bastion_common.audit import Outcome
+from bastion_common.auditor import Auditor
 from bastion_common.tokens import TokenValidator
 
 __all__ = ["AuthContext", "Ctx", "client_ip"]
@@ -27,7 +28,7 @@ __all__ = ["AuthContext", "Ctx", "client_ip"]
 class AuthContext:
     settings: Settings
     redis: Redis
-    audit: AuditPublisher
+    audit: Auditor
     keyring: KeyRing
     tokens: TokenService
     users: UserStore
@@ -46,18 +47,8 @@ class AuthContext:
         ip: str | None = None,
         **details: Any,
     ) -> None:
-        """Queue an audit event (buffered: never on the hot path of the request)."""
-        self.audit.emit(
-            AuditEvent(
-                type=type_,
-                service="auth",
-                outcome=outcome,
-                principal=principal[:256] if principal else None,
-                client_id=client_id[:512] if client_id else None,
-                ip=ip,
-                details=details,
-            )
-        )
+        """Record an audit event (`Auditor.emit`: never waits)."""
+        self.audit.emit(type_, outcome, principal=principal, client_id=client_id, ip=ip, **details)
 
 
 def _context(request: Request) -> AuthContext:

@@ -1,11 +1,13 @@
-"""OAuth errors as types (RFC 6749 §5.2, RFC 8707 §2, RFC 7009 §2.2.1), one JSON shape."""
+"""OAuth errors (RFC 6749 §5.2, RFC 8707 §2, RFC 7009 §2.2.1): the shared
+`ServiceError` with the code first, as the RFCs write them, and one JSON shape."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from fastapi.responses import JSONResponse
+
+from bastion_common.errors import ServiceError, error_response
 
 __all__ = ["ErrorCode", "OAuthError", "oauth_error_response"]
 
@@ -29,24 +31,12 @@ ErrorCode = Literal[
 ]
 
 
-# Not frozen: contextlib sets __traceback__ on exceptions passing through `async with`.
-@dataclass(eq=False)
-class OAuthError(Exception):
-    error: ErrorCode
-    description: str
-    status: int = 400
-
-    def __str__(self) -> str:
-        return f"{self.error}: {self.description}"
-
-
-def oauth_error_response(exc: OAuthError) -> JSONResponse:
-    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-    if exc.status == 401:
+class OAuthError(ServiceError):
+    def __init__(self, error: ErrorCode, description: str, status: int = 400) -> None:
         # RFC 6749 §5.2: a 401 for client authentication names the scheme.
-        headers["WWW-Authenticate"] = 'Basic realm="bastion-auth"'
-    return JSONResponse(
-        {"error": exc.error, "error_description": exc.description},
-        status_code=exc.status,
-        headers=headers,
-    )
+        headers = {"WWW-Authenticate": 'Basic realm="bastion-auth"'} if status == 401 else {}
+        super().__init__(status, error, description, headers)
+
+
+def oauth_error_response(exc: ServiceError) -> JSONResponse:
+    return error_response(exc.status, exc.error, exc.description, exc.headers)

@@ -20,10 +20,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from bastion_common.errors import ServiceError
 from bastion_common.permissions import ALL_PERMISSIONS, permissions_for_roles
 from bastion_common.tokens import Principal
 from bastion_keys.deps import Caller, Context, KeysContext, client_ip
-from bastion_keys.errors import KeysError
 from bastion_keys.keyformat import KEY_ID, digest, new_key, new_key_id
 from bastion_keys.store import KeyRecord
 
@@ -115,13 +115,13 @@ async def _owned(
 ) -> KeyRecord:
     record = await context.store.get(key_id) if KEY_ID.match(key_id) else None
     if record is None:
-        raise KeysError(404, "not_found", "no such key")
+        raise ServiceError(404, "not_found", "no such key")
     if record.owner != caller.subject and not (admin_ok and _is_admin(context, caller)):
         await context.auditor.publish(
             "authz.denied", "denied", principal=caller.subject, client_id=caller.client_id,
             ip=ip, key_id=key_id, action=action, reason="not the owner",
         )  # fmt: skip
-        raise KeysError(404, "not_found", "no such key")
+        raise ServiceError(404, "not_found", "no such key")
     return record
 
 
@@ -133,7 +133,7 @@ async def create_key(
     ip = client_ip(request)
     name = body.name.strip()
     if not name or len(name) > settings.name_max_length or not name.isprintable():
-        raise KeysError(
+        raise ServiceError(
             400,
             "invalid_request",
             f"name must be 1 to {settings.name_max_length} printable characters",
@@ -141,10 +141,10 @@ async def create_key(
     requested = set(body.permissions)
     unknown = requested - ALL_PERMISSIONS
     if unknown:
-        raise KeysError(400, "invalid_request", f"unknown permissions: {sorted(unknown)}")
+        raise ServiceError(400, "invalid_request", f"unknown permissions: {sorted(unknown)}")
     days = body.expires_in_days or settings.default_expiry_days
     if days > settings.max_expiry_days:
-        raise KeysError(
+        raise ServiceError(
             400, "invalid_request", f"expires_in_days must be at most {settings.max_expiry_days}"
         )
     # You can only delegate what you hold: the token's scopes and the roles behind them.
@@ -155,7 +155,7 @@ async def create_key(
             "authz.denied", "denied", principal=caller.subject, client_id=caller.client_id,
             ip=ip, action="apikey.create", requested=sorted(requested), missing=sorted(beyond),
         )  # fmt: skip
-        raise KeysError(
+        raise ServiceError(
             403,
             "insufficient_scope",
             f"cannot delegate permissions the caller does not hold: {sorted(beyond)}",
@@ -176,10 +176,10 @@ async def create_key(
     result = await context.store.create(record, max_per_owner=settings.max_keys_per_owner)
     if not result.created:
         if result.at_cap:
-            raise KeysError(
+            raise ServiceError(
                 409, "limit_reached", f"at most {settings.max_keys_per_owner} keys per owner"
             )
-        raise KeysError(503, "temporarily_unavailable", "try again")  # 64-bit id collision
+        raise ServiceError(503, "temporarily_unavailable", "try again")  # 64-bit id collision
     await context.auditor.publish(
         "apikey.created", principal=caller.subject, client_id=caller.client_id, ip=ip,
         key_id=record.key_id, permissions=list(record.permissions), expires_in_days=days,
@@ -208,7 +208,7 @@ async def list_keys(
             "authz.denied", "denied", principal=caller.subject, client_id=caller.client_id,
             ip=client_ip(request), action="apikey.list", owner=target,
         )  # fmt: skip
-        raise KeysError(403, "access_denied", "only admins may list another owner's keys")
+        raise ServiceError(403, "access_denied", "only admins may list another owner's keys")
     now = time.time()
     return [_info(r, now) for r in await context.store.list_owner(target)]
 
@@ -235,7 +235,7 @@ async def rotate_key(
         key_id, new_hash, now=now, overlap_seconds=settings.rotation_overlap_seconds
     )
     if previous_until is None:
-        raise KeysError(409, "invalid_request", "only an active key can be rotated")
+        raise ServiceError(409, "invalid_request", "only an active key can be rotated")
     if settings.rotation_overlap_seconds == 0:
         # The old secret died now: tell caches at once, as for a revocation.
         await context.store.announce_revoked(key_id)

@@ -9,12 +9,11 @@ import anyio
 import httpx2
 from fastapi import FastAPI
 
+from bastion_common.errors import install_error_handlers
 from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
 from bastion_keys import api, exchange, introspection, metadata
 from bastion_keys.deps import KeysContext
-from bastion_keys.errors import install_error_handlers
-from bastion_keys.events import Auditor
 from bastion_keys.settings import Settings
 from bastion_keys.signing import load_or_create_signing_key
 from bastion_keys.store import KeyStore
@@ -49,7 +48,7 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
             store=store,
             validator=validator,
             signing_key=signing_key,
-            auditor=Auditor(state.audit, settings.service_name),
+            auditor=state.audit,
             usage=usage,
             offered=settings.offered_scopes(),
         )
@@ -67,7 +66,7 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
                 await validator.aclose()
 
     app = create_service_app(settings, title="MCP Bastion keys", extra_lifespan=lifespan)
-    install_error_handlers(app)
+    install_error_handlers(app, unavailable="the key store cannot be reached")
     app.include_router(api.router)
     app.include_router(exchange.router)
     app.include_router(introspection.router)

@@ -15,10 +15,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from bastion_common.auditor import Auditor
+from bastion_common.errors import ServiceError
 from bastion_common.subjects import principal_refusal
 from bastion_common.tokens import Principal, TokenError, TokenValidator
-from bastion_keys.errors import KeysError
-from bastion_keys.events import Auditor
 from bastion_keys.settings import Settings
 from bastion_keys.signing import SigningKey
 from bastion_keys.store import KeyStore
@@ -51,8 +51,8 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _refuse(description: str) -> KeysError:
-    return KeysError(
+def _refuse(description: str) -> ServiceError:
+    return ServiceError(
         401,
         "invalid_token",
         description,
@@ -70,7 +70,7 @@ async def _caller(request: Request, context: Context, credentials: Credentials) 
     ip = client_ip(request)
     if not token.strip():
         context.auditor.emit("authn.failed", "failure", ip=ip, reason="missing_token")
-        raise KeysError(401, "invalid_token", "a bearer token is required",
+        raise ServiceError(401, "invalid_token", "a bearer token is required",
                         {"WWW-Authenticate": 'Bearer realm="keys"'})  # fmt: skip
     try:
         principal = await context.validator.validate(token.strip())

@@ -22,9 +22,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bastion_common.errors import NO_STORE, ServiceError
 from bastion_common.permissions import parse_scope
 from bastion_keys.deps import Context, client_ip
-from bastion_keys.errors import NO_STORE, KeysError
 from bastion_keys.presentation import PresentationRefused, RateLimited, present
 
 __all__ = ["API_KEY_TOKEN_TYPE", "TOKEN_EXCHANGE", "router"]
@@ -38,8 +38,8 @@ _MAX_FIELD = 2048
 router = APIRouter(tags=["token exchange"])
 
 
-def _invalid(code: str, description: str, status: int = 400) -> KeysError:
-    return KeysError(status, code, description)  # type: ignore[arg-type]
+def _invalid(code: str, description: str, status: int = 400) -> ServiceError:
+    return ServiceError(status, code, description)
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -121,7 +121,7 @@ async def token(request: Request, context: Context) -> JSONResponse:
     try:
         accepted = await present(context, subject, ip, via="exchange")
     except RateLimited as exc:
-        raise KeysError(429, "rate_limited", "too many failed key presentations; retry later",
+        raise ServiceError(429, "rate_limited", "too many failed key presentations; retry later",
                         {"Retry-After": str(exc.retry_after)}) from None  # fmt: skip
     except PresentationRefused:
         raise _invalid("invalid_grant", "the API key is not valid") from None

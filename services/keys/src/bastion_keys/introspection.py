@@ -26,8 +26,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from bastion_common.contracts import KeyIntrospection
+from bastion_common.errors import ServiceError
 from bastion_keys.deps import Caller, Context, client_ip
-from bastion_keys.errors import KeysError
 from bastion_keys.presentation import PresentationRefused, RateLimited, present
 
 __all__ = ["router"]
@@ -60,7 +60,7 @@ async def introspect(
             "authz.denied", "denied", principal=caller.subject, client_id=caller.client_id,
             ip=ip, action="apikey.introspect", reason="client not allowed to introspect",
         )  # fmt: skip
-        raise KeysError(403, "access_denied", "this client may not introspect API keys")
+        raise ServiceError(403, "access_denied", "this client may not introspect API keys")
     try:
         accepted = await present(
             context,
@@ -70,7 +70,7 @@ async def introspect(
             limit=body.client_ip is not None,
         )
     except RateLimited as exc:
-        raise KeysError(429, "rate_limited", "too many failed key presentations; retry later",
+        raise ServiceError(429, "rate_limited", "too many failed key presentations; retry later",
                         {"Retry-After": str(exc.retry_after)}) from None  # fmt: skip
     except PresentationRefused:
         return IntrospectResponse(active=False)

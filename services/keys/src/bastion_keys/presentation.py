@@ -43,13 +43,13 @@ Reason = Literal[
 ]
 
 
-@dataclass  # not frozen: see errors.KeysError
+@dataclass  # not frozen: see errors.ServiceError
 class PresentationRefused(Exception):
     reason: Reason
     key_id: str | None = None
 
 
-@dataclass  # not frozen: see errors.KeysError
+@dataclass  # not frozen: see errors.ServiceError
 class RateLimited(Exception):
     retry_after: int
 

@@ -24,7 +24,6 @@ from bastion_common.redis import create_redis
 from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
 from bastion_tools.apikeys import ApiKeyVerifier
-from bastion_tools.events import Auditor
 from bastion_tools.guard import BearerAuthenticator, Guard, GuardConfig, GuardDeps
 from bastion_tools.metadata import SCOPES_SUPPORTED, metadata_router
 from bastion_tools.policy import ToolCallPolicy
@@ -111,9 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
                 max_bytes=settings.max_file_bytes,
             )
             await anyio.to_thread.run_sync(sandbox.ensure_root)
-            auditor = Auditor(
-                state.audit, settings.service_name, linger=settings.audit_linger_seconds
-            )
+            auditor = state.audit
             catalog = build_catalog(
                 ToolDeps(
                     weather=WeatherStore(data),
@@ -163,9 +160,6 @@ def create_app(settings: Settings) -> FastAPI:
                         guard.unbind()
                         tasks.cancel_scope.cancel()
             finally:
-                # Calls that finished while shutting down are recorded too: hand every
-                # held event over before the common lifespan closes the publisher.
-                auditor.flush()
                 await limiter.aclose()
 
     # The MCP endpoint is a hot route: served before FastAPI's middleware and router. The
@@ -175,6 +169,7 @@ def create_app(settings: Settings) -> FastAPI:
         title="MCP Bastion tools",
         extra_lifespan=lifespan,
         hot_routes={settings.mcp_path: guard},
+        audit_linger=settings.audit_linger_seconds,
     )
     app.include_router(metadata_router(settings))
     app.router.routes.append(Route(settings.mcp_path, endpoint=guard, name="mcp"))

@@ -11,6 +11,7 @@ values) and recorded here as `tool.invalid_params`.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -21,9 +22,9 @@ from mcp_types import CallToolResult, ListToolsResult, TextContent
 from prometheus_client import Histogram
 
 from bastion_common.audit import Outcome
+from bastion_common.auditor import Auditor
 from bastion_common.contracts import CLIENT_IP_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 from bastion_common.tokens import Principal
-from bastion_tools.events import Auditor
 from bastion_tools.guard.arguments import InvalidArguments
 from bastion_tools.guard.rbac import ToolRule, visible_tools
 
@@ -35,6 +36,10 @@ TOOL_LATENCY = Histogram(
     ["tool", "outcome"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+
+# One histogram per (tool, outcome), looked up once: `labels()` checks and locks on every
+# call. Only tools with a rule get here, so the label sets are few.
+_tool_latency = functools.lru_cache(maxsize=1024)(TOOL_LATENCY.labels)
 
 
 class ToolCallPolicy:
@@ -108,7 +113,7 @@ class ToolCallPolicy:
         finally:
             if ran:
                 elapsed = time.perf_counter() - started
-                TOOL_LATENCY.labels(name, outcome).observe(elapsed)
+                _tool_latency(name, outcome).observe(elapsed)
                 self._auditor.emit(
                     "tool.called", outcome, principal=principal, ip=ip, tool=name,
                     arguments=arguments, latency_ms=round(elapsed * 1000, 3),

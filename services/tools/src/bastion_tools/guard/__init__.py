@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bastion_common.audit import AuditPublisher
-from bastion_tools.events import Auditor
+from bastion_common.auditor import Auditor
 from bastion_tools.guard.arguments import CheckedArguments, InvalidArguments, check_arguments
 from bastion_tools.guard.authn import Authenticator, BearerAuthenticator, CredentialUnavailable
 from bastion_tools.guard.core import Guard, GuardConfig, GuardDeps
@@ -94,7 +94,7 @@ def secure(
     manager. The metadata document is served at the RFC 9728 §3.1 well-known path."""
     from bastion_tools.policy import ToolCallPolicy  # it imports guard.rbac: not at the top
 
-    auditor = Auditor(audit, service)
+    auditor = Auditor(audit, service, linger=0.02)
     mcp.middleware.append(ToolCallPolicy(rules, auditor))
     mcp.streamable_http_app(
         streamable_http_path=path,

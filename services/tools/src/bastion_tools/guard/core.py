@@ -25,10 +25,10 @@ from prometheus_client import Counter
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bastion_common.auditor import Auditor
 from bastion_common.contracts import CLIENT_IP_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 from bastion_common.logging import get_logger
 from bastion_common.tokens import Principal, TokenError
-from bastion_tools.events import Auditor
 from bastion_tools.guard import authn
 from bastion_tools.guard.body import read_body, replay
 from bastion_tools.guard.limits import IpThrottle, Plan, Plans, judge, state_unavailable
@@ -155,7 +155,7 @@ class Guard:
                 plan,
                 calls.cost,
                 calls.first_tool,
-                self._challenge("invalid_token", "token revoked"),
+                lambda: self._challenge("invalid_token", "token revoked"),
             )
             if calls.unparsable:
                 raise Refusal(

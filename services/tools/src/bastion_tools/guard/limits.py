@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -163,12 +163,15 @@ def state_unavailable(plan: Plan, tool: str | None) -> Refusal:
     )
 
 
-def judge(decision: Decision, plan: Plan, cost: int, tool: str | None, challenge: str) -> None:
-    """Refuse a revoked token (401) or an empty bucket (429 with Retry-After)."""
+def judge(
+    decision: Decision, plan: Plan, cost: int, tool: str | None, challenge: Callable[[], str]
+) -> None:
+    """Refuse a revoked token (401, with the `WWW-Authenticate` value `challenge()`
+    gives) or an empty bucket (429 with Retry-After)."""
     if decision.status == "revoked":
         presented = "api_key" if plan.cutoff_field == KEYS_BEFORE else "bearer"
         raise refused_credential(
-            "token revoked", challenge, plan.principal, reason="revoked", presented=presented
+            "token revoked", challenge(), plan.principal, reason="revoked", presented=presented
         )
     if not decision.allowed:
         retry = max(1, math.ceil(decision.retry_after))
