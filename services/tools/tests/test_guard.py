@@ -239,7 +239,9 @@ async def test_cached_keys_keep_working_while_the_issuer_is_down(
 ) -> None:
     async with serve(create_app(make_settings())) as client:
         first = minter.token(sub="bob")
-        assert (await post(client, first, rpc("tools/list"))).status_code in (200, 400)
+        # Without a session the SDK answers 400, after the guard has verified the token
+        # (and cached the issuer's keys): that verification is what this call is for.
+        assert (await post(client, first, rpc("tools/list"))).status_code == 400
         upstreams.stop()
         # A token never seen before, signed by the cached key: verified locally.
         fresh = minter.token(sub="carol")
@@ -258,7 +260,7 @@ async def test_an_unknown_kid_refetches_at_most_once_per_interval(
     before = upstreams.jwks_fetches
     for _ in range(20):
         reply = await post(tools, minter.token(key=SigningKey("storm")), rpc("tools/list"))
-        assert reply.status_code in (401, 429)
+        assert reply.status_code == 401  # 20 failures: the IP's bucket (30) still holds
     assert upstreams.jwks_fetches - before <= 1
 
 
