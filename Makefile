@@ -12,13 +12,14 @@ export TESTCONTAINERS_RYUK_DISABLED := true
 # Debian's engine has no buildx: build with the classic BuildKit path, without the warning.
 export COMPOSE_BAKE := false
 
-.PHONY: help install lock env docker browser up down clean logs ps lint test unit integration bench demo
+.PHONY: help install lock env docker browser up down clean logs ps lint test unit integration fuzz bench demo
 
 help:
 	@echo "make up          build and start the stack, wait until healthy, print the URLs"
 	@echo "make down        stop the stack (data kept; 'make clean' also deletes volumes)"
 	@echo "make logs        follow the services' JSON logs"
 	@echo "make test        unit tests, then the integration tests against a fresh stack"
+	@echo "make fuzz        schemathesis against keys and audit, 1000 cases per operation"
 	@echo "make lint        ruff and mypy --strict"
 	@echo "make install     the virtual environment ($(VENV)) from requirements.lock"
 
@@ -84,6 +85,12 @@ integration: install docker browser
 	BASE_IMAGE=$$(cat deploy/.base-image) $(VENV)/bin/pytest tests/integration
 
 test: unit integration
+
+# schemathesis against keys and audit over HTTP, 1000 cases per operation and mode (make
+# test runs 15); prints the cases each operation got.
+fuzz: install docker
+	BASTION_FUZZ_EXAMPLES=$${BASTION_FUZZ_EXAMPLES:-1000} BASE_IMAGE=$$(cat deploy/.base-image) \
+		$(VENV)/bin/pytest -s tests/integration/test_fuzz.py
 
 # Against a stack started with `make up`: the full flow for four roles, then the report.
 demo: install

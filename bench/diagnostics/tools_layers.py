@@ -78,7 +78,7 @@ OFF = os.environ.get("BENCH_LAYER_OFF", "")
 def _limiter():
     from bastion_tools.ratelimit import Decision, RateLimiter
 
-    async def take(self, bucket_key, *, capacity, refill_per_second, cost=1, denylist_key=""):
+    async def take(self, bucket_key, *, capacity, refill_per_second, **_checks):
         return Decision("allowed", capacity, float(capacity), 0.0, refill_per_second)
 
     RateLimiter.take = take

@@ -30,7 +30,7 @@ RESOURCE = "http://notes.test/mcp"
 SECRET = "a-shared-secret-long-enough-for-hs256-0123456789"
 
 
-def _token(scope: str, *, jti: str | None = None) -> str:
+def token(scope: str, *, jti: str | None = None) -> str:
     now = int(time.time())
     claims = {"iss": ISSUER, "sub": "carol", "aud": RESOURCE, "iat": now, "nbf": now,
               "exp": now + 300, "jti": jti or uuid.uuid4().hex, "scope": scope,
@@ -60,14 +60,20 @@ def _notes_server() -> MCPServer[Any]:
 
 
 @asynccontextmanager
-async def _secured(redis_url: str, tmp_path: Path, state_url: str | None = None
-                   ) -> AsyncIterator[httpx2.AsyncClient]:  # fmt: skip
+async def secured(
+    redis_url: str,
+    tmp_path: Path,
+    state_url: str | None = None,
+    server: MCPServer[Any] | None = None,
+) -> AsyncIterator[httpx2.AsyncClient]:
+    """`server` (the notes server by default) behind `secure()`, as an HTTP client."""
     audit_redis = create_redis(redis_url)
+    state_redis = create_redis(state_url or redis_url, timeout=0.3)
     validator = TokenValidator(
         [TrustedIssuer(ISSUER, algorithms=("HS256",), shared_secret=SecretStr(SECRET))], RESOURCE
     )
     app = secure(
-        _notes_server(),
+        server or _notes_server(),
         GuardConfig(
             resource_uri=RESOURCE,
             resource_metadata_url="http://notes.test/.well-known/oauth-protected-resource/mcp",
@@ -77,7 +83,7 @@ async def _secured(redis_url: str, tmp_path: Path, state_url: str | None = None
         ),
         authenticator=BearerAuthenticator(validator),
         rules={"read_note": Rule("notes:read"), "delete_note": Rule("notes:delete", cost=5)},
-        redis=create_redis(state_url or redis_url, timeout=0.3),
+        redis=state_redis,
         audit=AuditPublisher(audit_redis, tmp_path / "spool"),
         service="notes",
         stateless_http=True,
@@ -92,6 +98,7 @@ async def _secured(redis_url: str, tmp_path: Path, state_url: str | None = None
     finally:
         await validator.aclose()
         await audit_redis.aclose()
+        await state_redis.aclose()
 
 
 async def _post(client: httpx2.AsyncClient, token: str | None, body: Any) -> httpx2.Response:
@@ -108,7 +115,7 @@ def _call(name: str) -> dict[str, Any]:
 async def test_a_call_without_a_token_gets_401_and_the_way_to_authorize(
     redis_url: str, tmp_path: Path
 ) -> None:
-    async with _secured(redis_url, tmp_path) as client:
+    async with secured(redis_url, tmp_path) as client:
         reply = await _post(client, None, _call("read_note"))
         metadata = await client.get("/.well-known/oauth-protected-resource/mcp")
     assert reply.status_code == 401
@@ -121,8 +128,8 @@ async def test_a_call_without_a_token_gets_401_and_the_way_to_authorize(
 async def test_a_token_without_the_scope_is_refused_with_a_step_up_challenge(
     redis_url: str, tmp_path: Path
 ) -> None:
-    async with _secured(redis_url, tmp_path) as client:
-        reply = await _post(client, _token("notes:read"), _call("delete_note"))
+    async with secured(redis_url, tmp_path) as client:
+        reply = await _post(client, token("notes:read"), _call("delete_note"))
     assert reply.status_code == 403
     assert reply.json()["error"] == "insufficient_scope"
     assert 'scope="notes:delete notes:read"' in reply.headers["www-authenticate"]
@@ -133,10 +140,10 @@ async def test_a_token_without_the_scope_is_refused_with_a_step_up_challenge(
 async def test_the_list_shows_only_what_the_scopes_allow_and_allowed_calls_run(
     redis_url: str, tmp_path: Path
 ) -> None:
-    token = _token("notes:read")
-    async with _secured(redis_url, tmp_path) as client:
-        listed = await _post(client, token, rpc("tools/list"))
-        ran = await _post(client, token, _call("read_note"))
+    bearer = token("notes:read")
+    async with secured(redis_url, tmp_path) as client:
+        listed = await _post(client, bearer, rpc("tools/list"))
+        ran = await _post(client, bearer, _call("read_note"))
     assert listed.status_code == 200
     assert [tool["name"] for tool in listed.json()["result"]["tools"]] == ["read_note"]
     assert ran.status_code == 200 and "note groceries" in ran.text
@@ -145,9 +152,9 @@ async def test_the_list_shows_only_what_the_scopes_allow_and_allowed_calls_run(
 
 
 async def test_a_tool_without_a_rule_is_never_run(redis_url: str, tmp_path: Path) -> None:
-    token = _token("notes:read notes:delete")
-    async with _secured(redis_url, tmp_path) as client:
-        reply = await _post(client, token, _call("forgotten"))
+    bearer = token("notes:read notes:delete")
+    async with secured(redis_url, tmp_path) as client:
+        reply = await _post(client, bearer, _call("forgotten"))
     assert reply.status_code == 200  # answered as for a tool that does not exist
     result = reply.json()["result"]
     assert result["isError"] is True
@@ -159,8 +166,8 @@ async def test_a_revoked_token_is_refused(redis_url: str, tmp_path: Path) -> Non
     redis = create_redis(redis_url)
     await redis.set(denylist_key(jti), "1", ex=60)
     await redis.aclose()
-    async with _secured(redis_url, tmp_path) as client:
-        reply = await _post(client, _token("notes:read", jti=jti), _call("read_note"))
+    async with secured(redis_url, tmp_path) as client:
+        reply = await _post(client, token("notes:read", jti=jti), _call("read_note"))
     assert reply.status_code == 401
     assert 'error="invalid_token"' in reply.headers["www-authenticate"]
     await wait_for_event(redis_url, "authn.failed", reason="token revoked")
@@ -170,8 +177,8 @@ async def test_a_redis_that_does_not_answer_refuses_the_call(
     redis_url: str, tmp_path: Path
 ) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    async with _secured(redis_url, tmp_path, state_url=dead) as client:
-        reply = await _post(client, _token("notes:read"), _call("read_note"))
+    async with secured(redis_url, tmp_path, state_url=dead) as client:
+        reply = await _post(client, token("notes:read"), _call("read_note"))
     assert reply.status_code == 503
     assert "note groceries" not in reply.text
     await wait_for_event(redis_url, "ratelimit.refused", reason="state store unavailable")
