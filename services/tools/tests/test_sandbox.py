@@ -4,8 +4,10 @@ sandbox itself, nothing outside the root is read, written or deleted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
@@ -13,6 +15,7 @@ import pytest
 from services.tools.tests.helpers import Minter, call_tool, open_session, wait_for_event
 
 from bastion_tools.tools.sandbox import Sandbox, SandboxError
+from bastion_tools.upstream import UpstreamError
 
 pytestmark = pytest.mark.anyio
 
@@ -180,3 +183,19 @@ async def test_content_over_one_mebibyte_is_invalid_and_nothing_is_written(
     read = (await call_tool(tools, token, session, "read_file", {"path": "huge.txt"})).json()
     assert read["result"]["isError"] is True
     assert "larger" in read["result"]["content"][0]["text"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("error", [SandboxError("refused"), UpstreamError("auth is down", 503)])
+async def test_a_tool_error_through_a_context_manager_stays_itself(error: Exception) -> None:
+    """A frozen dataclass exception turns into FrozenInstanceError when contextlib sets
+    its __traceback__ on the way out of an async context manager."""
+
+    @contextlib.asynccontextmanager
+    async def scope() -> AsyncIterator[None]:
+        yield
+
+    with pytest.raises(type(error)) as caught:
+        async with scope():
+            raise error
+    assert caught.value is error

@@ -43,13 +43,13 @@ Reason = Literal[
 ]
 
 
-@dataclass  # not frozen: see errors.ServiceError
+@dataclass  # not frozen: see bastion_common.errors.ServiceError
 class PresentationRefused(Exception):
     reason: Reason
     key_id: str | None = None
 
 
-@dataclass  # not frozen: see errors.ServiceError
+@dataclass  # not frozen: see bastion_common.errors.ServiceError
 class RateLimited(Exception):
     retry_after: int
 

@@ -25,7 +25,8 @@ log = get_logger(__name__)
 _REFRESH_MARGIN_SECONDS = 30.0
 
 
-@dataclass(frozen=True)
+# Not frozen: contextlib assigns __traceback__ to exceptions passing through it.
+@dataclass(eq=False)
 class UpstreamError(Exception):
     """A service `tools` depends on could not do its part. `message` is safe to show."""
 

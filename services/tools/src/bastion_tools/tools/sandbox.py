@@ -39,7 +39,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_LISTING = 1000
 
 
-@dataclass(frozen=True)
+# Not frozen: contextlib assigns __traceback__ to exceptions passing through it.
+@dataclass(eq=False)
 class SandboxError(Exception):
     """The path or file is refused. `message` is safe to show the caller."""
 
