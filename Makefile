@@ -12,7 +12,7 @@ export TESTCONTAINERS_RYUK_DISABLED := true
 # Debian's engine has no buildx: build with the classic BuildKit path, without the warning.
 export COMPOSE_BAKE := false
 
-.PHONY: help install lock env docker browser up down clean logs ps lint test unit integration fuzz bench demo
+.PHONY: help install lock env docker browser up down clean logs ps lint test unit integration faults fuzz bench demo
 
 help:
 	@echo "make up          build and start the stack, wait until healthy, print the URLs"
@@ -84,7 +84,12 @@ browser:
 integration: install docker browser
 	BASE_IMAGE=$$(cat deploy/.base-image) $(VENV)/bin/pytest tests/integration
 
-test: unit integration
+# Faults under load against a stack of their own (tests/faults): Redis stopped and
+# wiped, the audit collector killed; each case prints what it counted.
+faults: install docker
+	BASE_IMAGE=$$(cat deploy/.base-image) $(VENV)/bin/pytest -s tests/faults
+
+test: unit integration faults
 
 # schemathesis against keys and audit over HTTP, 1000 cases per operation and mode (make
 # test runs 15); prints the cases each operation got.

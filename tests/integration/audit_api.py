@@ -45,6 +45,11 @@ class AuditApi:
             self._token, self._issued = body["access_token"], time.monotonic()
         return self._token
 
+    async def renew(self) -> None:
+        """Take a new token now (a test that will break sign-in reads the record later)."""
+        self._token = None
+        await self.token()
+
     async def events(
         self, type_: str, *, since: datetime | None = None, **filters: str
     ) -> list[dict[str, Any]]:

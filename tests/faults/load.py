@@ -1,0 +1,150 @@
+"""A steady load of tool calls from several principals, every call recorded, and the
+count of audit events per call afterwards.
+
+Each call carries an X-Request-ID of its own, and tools puts the request id in the event
+it records: `tool.called` for a call that ran, `ratelimit.refused` for one refused
+because the limiter could not be asked (503) or its bucket was empty (429). So after a
+fault, "every audit event of every request is in the store exactly once" is counted:
+one event per request id, none missing, none twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+import httpx2
+
+from tests.integration.audit_api import AuditApi
+from tests.integration.conftest import Stack
+from tests.integration.mcp_http import McpHttp
+from tests.integration.oauth import OAuthClient
+
+EVENT_TYPES = ("tool.called", "ratelimit.refused")
+
+
+@dataclass
+class Call:
+    request_id: str
+    principal: str
+    sent: float  # time.monotonic()
+    done: float
+    status: int
+    ran: bool  # 200 with a result that is not an error: the tool ran and answered
+
+
+@dataclass
+class Load:
+    stack: Stack
+    principals: list[tuple[str, str]]  # (username, access token for tools)
+    pause: float = 0.02
+    calls: list[Call] = field(default_factory=list)
+    _running: bool = True
+
+    @classmethod
+    async def start(cls, stack: Stack, users: int = 3) -> Load:
+        principals = []
+        for _ in range(users):
+            username, password = await create_user(stack, "premium")
+            client = await OAuthClient.register(stack.urls["auth"], "fault-load")
+            body = await client.token(
+                username, password, resource=f"{stack.urls['tools']}/mcp", scope="weather:read"
+            )
+            principals.append((username, str(body["access_token"])))
+        return cls(stack, principals)
+
+    async def run(self, seconds_or_until: anyio.Event, workers_per_principal: int = 2) -> None:
+        """Call until `seconds_or_until` is set, two workers per principal."""
+        async with anyio.create_task_group() as tasks:
+            for username, token in self.principals:
+                for _ in range(workers_per_principal):
+                    tasks.start_soon(self._worker, username, token, seconds_or_until)
+
+    async def _worker(self, username: str, token: str, stop: anyio.Event) -> None:
+        mcp = McpHttp(f"{self.stack.urls['tools']}/mcp", token)
+        async with httpx2.AsyncClient(timeout=10) as http:
+            while not stop.is_set():
+                if mcp.session_id is None:
+                    with anyio.move_on_after(5):
+                        await mcp.initialize(http)
+                    if mcp.session_id is None:
+                        await anyio.sleep(0.2)
+                        continue
+                rid = secrets.token_hex(16)
+                mcp.headers["X-Request-ID"] = rid
+                sent = time.monotonic()
+                try:
+                    reply = await mcp.call_tool(http, "get_weather", {"city": "Paris"})
+                    status = reply.status
+                    ran = status == 200 and reply.body is not None and "result" in reply.body \
+                        and not reply.body["result"].get("isError")  # fmt: skip
+                except httpx2.HTTPError:
+                    status, ran = 0, False  # no answer at all
+                self.calls.append(Call(rid, username, sent, time.monotonic(), status, ran))
+                if status == 404:  # the session is gone (tools restarted): open another
+                    mcp.session_id = None
+                await anyio.sleep(self.pause)
+
+    def between(self, start: float, end: float) -> list[Call]:
+        """Calls sent and answered wholly inside [start, end] (monotonic time)."""
+        return [c for c in self.calls if c.sent >= start and c.done <= end]
+
+    def statuses(self, calls: list[Call]) -> dict[int, int]:
+        return dict(sorted(Counter(c.status for c in calls).items()))
+
+
+async def create_user(stack: Stack, role: str) -> tuple[str, str]:
+    env = stack.env
+    client = await OAuthClient.register(stack.urls["auth"], "fault-admin")
+    admin_token = await client.token(
+        env["BOOTSTRAP_ADMIN_USERNAME"], env["BOOTSTRAP_ADMIN_PASSWORD"],
+        resource=f"{stack.urls['auth']}/admin", scope="admin:users",
+    )  # fmt: skip
+    username, password = f"load-{role}-{secrets.token_hex(3)}", secrets.token_urlsafe(16)
+    async with httpx2.AsyncClient(timeout=10) as http:
+        created = await http.post(
+            f"{stack.urls['auth']}/admin/users",
+            json={"username": username, "password": password, "roles": [role]},
+            headers={"Authorization": f"Bearer {admin_token['access_token']}"},
+        )
+    assert created.status_code == 201, created.text
+    return username, password
+
+
+async def events_per_request(
+    audit: AuditApi, load: Load, since: datetime, timeout: float = 60
+) -> tuple[Counter[str], int]:
+    """How many stored events carry each request id of the load, waiting until every
+    request that got an answer has one (spooled events arrive late); and how many calls
+    expected one."""
+    expected = {c.request_id for c in load.calls if c.status in (200, 429, 503)}
+    counts: Counter[str] = Counter()
+    with anyio.move_on_after(timeout):
+        while True:
+            counts = Counter()
+            for type_ in EVENT_TYPES:
+                for username, _ in load.principals:
+                    for event in await audit.events(type_, since=since, principal=username):
+                        counts[str(event.get("request_id"))] += 1
+            if expected <= set(counts):
+                break
+            await anyio.sleep(1)
+    return counts, len(expected)
+
+
+def summary(counts: Counter[str], load: Load, expected: int) -> dict[str, Any]:
+    ours = {c.request_id for c in load.calls}
+    answered = {c.request_id for c in load.calls if c.status in (200, 429, 503)}
+    return {
+        "requests": len(load.calls),
+        "events_expected": expected,
+        "events_stored": sum(n for rid, n in counts.items() if rid in ours),
+        "lost": len(answered - set(counts)),
+        "doubled": sum(1 for rid, n in counts.items() if rid in ours and n > 1),
+        "foreign": sum(1 for rid in counts if rid not in ours),
+    }
