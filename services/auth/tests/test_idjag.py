@@ -212,3 +212,36 @@ async def test_roles_follow_the_claims_of_each_assertion(h: Harness, idp: Enterp
     record = await h.ctx.tokens.access_record(demoted.json()["access_token"])
     assert record is not None and record["roles"] == ["user"]
     assert demoted.json()["scope"] == "weather:read"
+
+
+async def test_an_issuer_sharing_a_providers_id_and_issuer_reaches_the_same_account(
+    redis_url: str, tmp_path: Path, idp: EnterpriseIdp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linked by (issuer, sub): the person who signed in through the OpenID provider
+    `acme` is the one an `acme` ID-JAG speaks for, whatever name the assertion suggests."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv("AUTH_ACME_OIDC_SECRET", "oidc-secret-for-acme")
+    trusted = {"id": "acme", "name": "Acme", "issuer": IDP_ISSUER, "jwks_url": idp.jwks_url}
+    provider = {
+        "id": "acme", "name": "Acme", "issuer": IDP_ISSUER, "client_id": "bastion",
+        "client_secret_env": "AUTH_ACME_OIDC_SECRET",
+    }  # fmt: skip
+    settings = make_settings(
+        redis_url, tmp_path, oidc_allow_http=True, oidc_providers=[provider],
+        idjag_issuers=[trusted],
+        idjag_clients=[{"client_id": CLIENT, "client_secret_env": SECRET_ENV}],
+    )  # fmt: skip
+    async with harness(settings) as h:
+        config = h.ctx.settings.oidc_providers[0]
+        signed_in = await h.ctx.federation.linker.link(
+            config, IDP_ISSUER, {"sub": ALICE, "preferred_username": "alice"}
+        )
+        response = await _grant(h, _assertion(idp, preferred_username="someone-else"))
+        assert response.status_code == 200, response.text
+        record = await h.ctx.tokens.access_record(response.json()["access_token"])
+        assert record is not None and record["sub"] == signed_in.username == "alice@acme"
+        assert await h.ctx.users.get("someone-else@acme") is None
+        # Another subject of the same issuer is another person.
+        other = await _grant(h, _assertion(idp, subject="00u2bob", preferred_username="alice"))
+        other_record = await h.ctx.tokens.access_record(other.json()["access_token"])
+        assert other_record is not None and other_record["sub"] != "alice@acme"
