@@ -112,6 +112,9 @@ class GitHubStandIn(_Server):
         self.signed_in: str | None = None
         self._codes: dict[str, dict[str, Any]] = {}
         self.tokens: dict[str, str] = {}  # access token -> login
+        # True: answer the token endpoint form-encoded whatever Accept says (GitHub's
+        # default answer, as a proxy that drops Accept would leave it).
+        self.form_only = False
         self.requests: list[tuple[str, str]] = []
         super().__init__(host, port)
 
@@ -166,7 +169,7 @@ class GitHubStandIn(_Server):
 
     def _access_token(self, form: dict[str, str], accept: str) -> _Server.Reply:
         def answer(values: dict[str, str]) -> _Server.Reply:
-            if "application/json" in accept:
+            if "application/json" in accept and not self.form_only:
                 return _json(200, values)
             return (
                 200,

@@ -221,3 +221,20 @@ async def test_the_team_decides_at_every_refresh_and_a_revoked_token_ends_the_gr
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
     (ended,) = await h.events("token.refresh_refused")
     assert ended["outcome"] == "denied" and ended["details"]["reason"] == "GitHub API refused /user"
+
+
+async def test_githubs_form_encoded_token_answer_is_understood(
+    h: Harness, github: GitHubStandIn
+) -> None:
+    github.form_only = True
+    tokens = await _sign_in(h)
+    record = await h.ctx.tokens.access_record(tokens["access_token"])
+    assert record is not None and record["sub"] == "octo@github"
+
+
+async def test_a_form_encoded_refusal_is_still_a_refusal(h: Harness, github: GitHubStandIn) -> None:
+    github.form_only = True
+    client_id = await h.register()
+    answer = await _github_answer(h, client_id, pkce_pair()[1])
+    page = await h.client.get(re.sub(r"code=[0-9a-f]+", "code=ffffffffffffffffffff", answer))
+    assert page.status_code == 401 and "did not confirm the sign-in" in page.text
