@@ -6,6 +6,7 @@ service accepting it with the roles the person's GitHub team gives."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import anyio
 import httpx2
@@ -13,7 +14,9 @@ import pytest
 
 from tests.integration.audit_api import AuditApi, now
 from tests.integration.conftest import Stack
+from tests.integration.idp import ALICE, Idp
 from tests.integration.mcp_http import McpHttp
+from tests.integration.oauth import pkce_pair
 from tests.integration.signin_flow import Flow
 from tests.integration.standins import GitHubStandIn, GitHubUser, parse_redirect
 
@@ -139,3 +142,37 @@ async def test_someone_outside_the_org_gets_a_clear_page_and_the_client_access_d
         where=lambda e: e["details"].get("method") == "github",
     )  # fmt: skip
     assert refused["details"]["reason"] == "not allowed by the provider's allowlist"
+
+
+async def test_a_mix_up_sending_the_corp_providers_answer_into_a_github_sign_in_is_refused(
+    stack: Stack, github: GitHubStandIn, idp: Idp, audit: AuditApi
+) -> None:
+    """The classic mix-up (RFC 9700 §4.4.1) with two real providers: a sign-in started
+    with GitHub is sent (by a GitHub that is not honest) to the organisation's provider
+    with our own state; the answer comes back at the OpenID callback with a genuine code.
+    Redeeming it would hand the code to GitHub's token endpoint: it is refused first."""
+    since = now()
+    github.requests.clear()
+    with idp.client(follow_redirects=False) as http:
+        flow = Flow(stack, http)
+        flow.register()
+        at_github = flow.start("GitHub")
+        state = parse_qs(urlsplit(at_github).query)["state"][0]
+        query = {
+            "response_type": "code", "client_id": idp.client_id,
+            "redirect_uri": f"{stack.urls['auth']}/federated/callback",
+            "scope": "openid profile email groups", "state": state, "nonce": "attacker-nonce",
+            "code_challenge": pkce_pair()[1], "code_challenge_method": "S256",
+        }  # fmt: skip
+        endpoint = idp.discovery()["authorization_endpoint"]
+        answer = idp.sign_in(http, f"{endpoint}?{urlencode(query)}", ALICE.username, ALICE.password)
+        callback = answer.headers["location"]
+        assert callback.startswith(f"{stack.urls['auth']}/federated/callback?"), callback
+        page = http.get(callback)
+    assert page.status_code == 401 and "is not from GitHub" in page.text
+    assert ("POST", "/login/oauth/access_token") not in github.requests
+    (refused,) = await audit.wait_for(
+        "auth.login", since=since, outcome="failure",
+        where=lambda e: e["details"].get("provider") == "github",
+    )  # fmt: skip
+    assert refused["details"]["reason"] == "answer arrived at another provider's redirect URI"
