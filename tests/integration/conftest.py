@@ -27,6 +27,7 @@ from tests.integration.tls import DocumentServer, TestCA
 if TYPE_CHECKING:
     from tests.integration.audit_api import AuditApi
     from tests.integration.idp import Idp
+    from tests.integration.standins import EnterpriseIdp, GitHubStandIn
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -36,6 +37,10 @@ COMPOSE_FILES = ("compose.yaml", "compose.test.yaml")
 CIMD_HOST = "cimd.bastion.test"
 ACCESS_TOKEN_TTL = 60
 IDP_PORT_OFFSET = 5  # the test OpenID provider (deploy/test-idp) listens on base + 5
+# Stand-ins run by the tests on the docker host (standins.py); auth reaches them by name.
+GITHUB_PORT_OFFSET = 6
+IDJAG_PORT_OFFSET = 7
+STANDIN_HOST = "standin.bastion.test"
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         idp_port = base + IDP_PORT_OFFSET
         fh.write(f"IDP_PORT={idp_port}\nIDP_ISSUER=http://idp.bastion.test:{idp_port}\n")
         fh.write(f"IDP_CLIENT_SECRET={secrets.token_urlsafe(32)}\n")
+        fh.write(f"STANDIN_HOST={STANDIN_HOST}\nGITHUB_PORT={base + GITHUB_PORT_OFFSET}\n")
+        fh.write(f"IDJAG_PORT={base + IDJAG_PORT_OFFSET}\n")
+        fh.write(f"GITHUB_CLIENT_SECRET={secrets.token_urlsafe(32)}\n")
+        fh.write(f"IDJAG_CLIENT_SECRET={secrets.token_urlsafe(32)}\n")
     os.environ["COMPOSE_PROJECT_NAME"] = project
     compose = DockerCompose(
         DEPLOY,
@@ -143,3 +152,38 @@ def idp(stack: Stack) -> Idp:
         stack.env["IDP_CLIENT_SECRET"],
         f"{stack.urls['auth']}/federated/callback",
     )
+
+
+@pytest.fixture(scope="session")
+def github(stack: Stack) -> Iterator[GitHubStandIn]:
+    """GitHub's endpoints (standins.py) on every host interface at GITHUB_PORT: auth reaches
+    them as STANDIN_HOST, the test's browser opens the authorize page on localhost."""
+    from tests.integration.standins import GitHubStandIn
+
+    server = GitHubStandIn(
+        "Iv1.bastion-it",
+        stack.env["GITHUB_CLIENT_SECRET"],
+        f"{stack.urls['auth']}/federated/callback",
+        host="0.0.0.0",  # noqa: S104 - containers must reach it
+        port=int(stack.env["GITHUB_PORT"]),
+    )
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def enterprise_idp(stack: Stack) -> Iterator[EnterpriseIdp]:
+    """The enterprise IdP that signs ID-JAGs; its JWKS on every host interface at IDJAG_PORT."""
+    from tests.integration.standins import EnterpriseIdp
+
+    server = EnterpriseIdp(
+        "https://idp.acme.bastion.test",
+        host="0.0.0.0",  # noqa: S104 - containers must reach it
+        port=int(stack.env["IDJAG_PORT"]),
+    )
+    try:
+        yield server
+    finally:
+        server.close()

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 from services.auth.tests.helpers import make_settings
 
-from bastion_auth.federation import Federation
+from bastion_auth.linking import roles_for
 from bastion_auth.settings import OidcProvider
 
 
@@ -29,31 +29,28 @@ def _provider(**overrides: Any) -> OidcProvider:
 
 def test_roles_come_from_claims_on_top_of_the_defaults() -> None:
     provider = _provider()
-    assert Federation.roles_for(provider, {"groups": ["premium-users", "x"]}) == [
+    assert roles_for(provider, {"groups": ["premium-users", "x"]}) == [
         "premium",
         "user",
     ]
-    assert Federation.roles_for(provider, {"groups": ["x"]}) == ["user"]
+    assert roles_for(provider, {"groups": ["x"]}) == ["user"]
     # A claim that is a string, not a list, still matches exactly, never by substring.
-    assert Federation.roles_for(provider, {"groups": "premium-users-old"}) == ["user"]
+    assert roles_for(provider, {"groups": "premium-users-old"}) == ["user"]
 
 
 def test_the_allowlist_keeps_out_unverified_emails_and_other_groups() -> None:
     provider = _provider(allowed_email_domains=["corp.example"], allowed_groups=["staff"])
     ok_email = {"email": "a@corp.example", "email_verified": True}
-    assert Federation.roles_for(provider, ok_email) == ["user"]
-    assert Federation.roles_for(provider, {"email": "a@corp.example"}) is None  # unverified
-    assert (
-        Federation.roles_for(provider, {"email": "a@corp.example.evil", "email_verified": True})
-        is None
-    )
-    assert Federation.roles_for(provider, {"groups": ["staff"]}) == ["user"]
-    assert Federation.roles_for(provider, {"groups": ["contractors"]}) is None
+    assert roles_for(provider, ok_email) == ["user"]
+    assert roles_for(provider, {"email": "a@corp.example"}) is None  # unverified
+    assert roles_for(provider, {"email": "a@corp.example.evil", "email_verified": True}) is None
+    assert roles_for(provider, {"groups": ["staff"]}) == ["user"]
+    assert roles_for(provider, {"groups": ["contractors"]}) is None
 
 
 def test_an_admin_role_can_only_come_from_an_explicit_rule() -> None:
     provider = _provider(default_roles=["guest"])
-    assert Federation.roles_for(provider, {"roles": ["admin"], "groups": ["admin"]}) == ["guest"]
+    assert roles_for(provider, {"roles": ["admin"], "groups": ["admin"]}) == ["guest"]
 
 
 def test_a_provider_needs_its_secret_https_and_openid(

@@ -46,7 +46,9 @@ from bastion_common.logging import get_logger, request_id_headers
 from bastion_common.permissions import parse_scope
 
 __all__ = [
+    "ID_JAG_TYP",
     "MAX_LEEWAY_SECONDS",
+    "AssertionValidator",
     "IdTokenValidator",
     "Principal",
     "TokenError",
@@ -363,51 +365,136 @@ class IdTokenValidator:
         self, token: str, *, nonce: str | None, access_token: str | None = None
     ) -> dict[str, Any]:
         """The verified claims, or TokenError (safe to show; never anything else)."""
-        if not token or len(token) > 16384:
-            raise TokenError("malformed ID token")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise TokenError("malformed ID token") from None
+        header = _header(token, "ID token", 16384)
         if str(header.get("typ", "JWT")).lower() in ("at+jwt", "application/at+jwt"):
             raise TokenError("an access token is not an ID token")
-        alg, kid = header.get("alg"), header.get("kid")
-        if not isinstance(alg, str) or alg not in self._issuer.algorithms:
-            raise TokenError("ID token algorithm is not allowed for this provider")
-        if not isinstance(kid, str) or not kid:
-            raise TokenError("ID token has no key id")
-        key = await self._jwks.key(kid, alg)
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key.key,
-                algorithms=[alg],
-                audience=self._client_id,
-                issuer=self._issuer.issuer,
-                leeway=self._leeway,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("ID token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise TokenError("ID token issued in the future") from None
-        except jwt.InvalidAudienceError:
-            raise TokenError("ID token is not meant for this client") from None
-        except jwt.PyJWTError:
-            raise TokenError("ID token signature or claims are invalid") from None
+        alg = header.get("alg")
+        claims = await _verify_signed(
+            token, header, self._jwks, self._issuer, self._client_id, self._leeway, "ID token",
+            require=["exp", "iat", "iss", "aud", "sub"], audience_name="client",
+        )  # fmt: skip
         aud, azp = claims["aud"], claims.get("azp")
         if isinstance(aud, list) and len(aud) > 1 and azp is None:
             raise TokenError("ID token has several audiences and no azp")
         if azp is not None and azp != self._client_id:
             raise TokenError("ID token was issued to another client (azp)")
-        if float(claims["iat"]) > time.time() + self._leeway:
-            raise TokenError("ID token issued in the future")
         if nonce is not None and claims.get("nonce") != nonce:
             raise TokenError("ID token nonce does not match this sign-in")
         at_hash = claims.get("at_hash")
         if at_hash is not None and access_token is not None:
-            digest = _AT_HASH.get(alg[-3:], hashlib.sha512)(access_token.encode()).digest()
+            digest = _AT_HASH.get(str(alg)[-3:], hashlib.sha512)(access_token.encode()).digest()
             expected = base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=")
             if not hmac.compare_digest(expected.decode(), str(at_hash)):
                 raise TokenError("ID token at_hash does not match the access token")
+        return claims
+
+
+def _header(token: str, label: str, max_length: int) -> dict[str, Any]:
+    if not token or len(token) > max_length:
+        raise TokenError(f"malformed {label}")
+    try:
+        return jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise TokenError(f"malformed {label}") from None
+
+
+async def _verify_signed(
+    token: str,
+    header: Mapping[str, Any],
+    jwks: _JWKS,
+    issuer: TrustedIssuer,
+    audience: str,
+    leeway: float,
+    label: str,
+    *,
+    require: list[str],
+    audience_name: str,
+) -> dict[str, Any]:
+    """Signature (algorithm pinned to the issuer's, key by `kid` from its JWKS), `iss`
+    exactly, `aud` holding `audience`, the required claims, `exp`/`nbf`/`iat` with leeway."""
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or alg not in issuer.algorithms:
+        raise TokenError(f"{label} algorithm is not allowed for this issuer")
+    if not isinstance(kid, str) or not kid:
+        raise TokenError(f"{label} has no key id")
+    key = await jwks.key(kid, alg)
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.key,
+            algorithms=[alg],
+            audience=audience,
+            issuer=issuer.issuer,
+            leeway=leeway,
+            options={"require": require},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError(f"{label} expired") from None
+    except jwt.ImmatureSignatureError:
+        raise TokenError(f"{label} issued in the future") from None
+    except jwt.InvalidAudienceError:
+        raise TokenError(f"{label} is not meant for this {audience_name}") from None
+    except jwt.PyJWTError:
+        raise TokenError(f"{label} signature or claims are invalid") from None
+    if float(claims["iat"]) > time.time() + leeway:
+        raise TokenError(f"{label} issued in the future")
+    return claims
+
+
+ID_JAG_TYP = "oauth-id-jag+jwt"
+
+
+class AssertionValidator:
+    """JWT authorization grants (RFC 7523 §3) of the form ID-JAG
+    (draft-ietf-oauth-identity-assertion-authz-grant §3), from trusted issuers.
+
+    `typ` must be `oauth-id-jag+jwt` (RFC 8725 §3.11: an ID token or access token of the
+    same issuer is not a grant); `iss` one of the trusted issuers, signature against its
+    JWKS with its pinned algorithms; `aud` exactly this authorization server's issuer
+    (one value); `sub`, `jti`, `client_id`, `exp`, `iat` present; `exp` within
+    `max_lifetime` of `iat` (RFC 7523 §3 item 5: not unreasonably far away). Single use
+    by `jti` is the caller's (it owns the store)."""
+
+    def __init__(
+        self,
+        issuers: Sequence[TrustedIssuer],
+        audience: str,
+        *,
+        http_client: httpx2.AsyncClient,
+        max_lifetime: float = 300,
+        leeway: float = MAX_LEEWAY_SECONDS,
+        min_refetch_interval: float = 5.0,
+    ) -> None:
+        self._issuers = {i.issuer: i for i in issuers}
+        if any(i.jwks_url is None or i.shared_secret is not None for i in issuers):
+            raise ValueError("assertions are checked against an issuer's JWKS only")
+        self._jwks = {i.issuer: _JWKS(i, http_client, min_refetch_interval) for i in issuers}
+        self._audience = audience
+        self._max_lifetime = max_lifetime
+        self._leeway = min(leeway, MAX_LEEWAY_SECONDS)
+
+    async def validate(self, assertion: str) -> dict[str, Any]:
+        """The verified claims, or TokenError (safe to show; never anything else)."""
+        header = _header(assertion, "assertion", 16384)
+        if str(header.get("typ", "")).lower() not in (ID_JAG_TYP, f"application/{ID_JAG_TYP}"):
+            raise TokenError("assertion is not an ID-JAG (typ must be oauth-id-jag+jwt)")
+        try:
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise TokenError("malformed assertion") from None
+        issuer = self._issuers.get(str(unverified.get("iss", "")))
+        if issuer is None:
+            raise TokenError("assertion issuer is not trusted")
+        claims = await _verify_signed(
+            assertion, header, self._jwks[issuer.issuer], issuer, self._audience, self._leeway,
+            "assertion", require=["exp", "iat", "iss", "aud", "sub", "jti", "client_id"],
+            audience_name="authorization server",
+        )  # fmt: skip
+        if isinstance(claims["aud"], list) and claims["aud"] != [self._audience]:
+            raise TokenError("assertion is not meant for this authorization server")
+        if float(claims["exp"]) - float(claims["iat"]) > self._max_lifetime:
+            raise TokenError("assertion lives too long")
+        for name in ("sub", "jti", "client_id"):
+            if not isinstance(claims[name], str) or not claims[name] or len(claims[name]) > 512:
+                raise TokenError(f"assertion {name} is not a usable string")
         return claims

@@ -14,6 +14,7 @@ from bastion_auth import admin, authorize, federated, grants, introspection, rev
 from bastion_auth.clients import SERVICE_CLIENT, ClientStore
 from bastion_auth.deps import AuthContext
 from bastion_auth.federation import Federation
+from bastion_auth.idjag import JWT_BEARER, IdJagGrant
 from bastion_auth.keys import KeyRing
 from bastion_auth.lockout import Lockout
 from bastion_auth.pages import STATIC_DIR, STATIC_PATH
@@ -51,6 +52,7 @@ async def build_context(settings: Settings, state: ServiceState) -> AuthContext:
     users = UserStore(state.redis, settings)
     # Identity providers are configured by the operator; no redirects are followed.
     idp_http = httpx2.AsyncClient(timeout=settings.oidc_timeout, follow_redirects=False)
+    federation = Federation(settings, state.redis, users, idp_http)
     ctx = AuthContext(
         settings=settings,
         redis=state.redis,
@@ -61,7 +63,8 @@ async def build_context(settings: Settings, state: ServiceState) -> AuthContext:
         clients=ClientStore(state.redis),
         lockout=Lockout(state.redis, settings),
         admin_validator=_own_validator(settings, keyring),
-        federation=Federation(settings, state.redis, users, idp_http),
+        federation=federation,
+        idjag=IdJagGrant(settings, state.redis, federation.linker, idp_http),
     )
     if settings.tools_client_secret is not None:
         await ctx.clients.register_service_client(
@@ -72,6 +75,10 @@ async def build_context(settings: Settings, state: ServiceState) -> AuthContext:
                 settings.audit_resource.rstrip("/"): ["metrics:view"],
                 settings.keys_resource.rstrip("/"): [],
             },
+        )
+    for client in settings.idjag_clients:
+        await ctx.clients.register_service_client(
+            client.client_id, client.secret, {}, grant_types=[JWT_BEARER]
         )
     await _bootstrap_admin(ctx)
     return ctx

@@ -120,14 +120,19 @@ class ClientStore:
         await self._redis.set(CLIENT.format(client_id=client.client_id), json.dumps(asdict(client)))
 
     async def register_service_client(
-        self, client_id: str, secret: str, allowed: dict[str, list[str]]
+        self,
+        client_id: str,
+        secret: str,
+        allowed: dict[str, list[str]],
+        *,
+        grant_types: tuple[str, ...] | list[str] = ("client_credentials",),
     ) -> None:
         """(Re)register a confidential service client from configuration at start-up."""
         await self.save(
             Client(
                 client_id=client_id,
                 client_name=client_id,
-                grant_types=["client_credentials"],
+                grant_types=list(grant_types),
                 token_endpoint_auth_method="client_secret_post",  # noqa: S106 - a method name
                 secret_hash=digest(secret),
                 allowed=allowed,

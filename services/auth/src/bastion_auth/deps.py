@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from bastion_auth.clients import ClientStore
 from bastion_auth.federation import Federation
+from bastion_auth.idjag import IdJagGrant
 from bastion_auth.keys import KeyRing
 from bastion_auth.lockout import Lockout
 from bastion_auth.settings import Settings
@@ -36,6 +37,7 @@ class AuthContext:
     lockout: Lockout
     admin_validator: TokenValidator
     federation: Federation
+    idjag: IdJagGrant
 
     def event(
         self,

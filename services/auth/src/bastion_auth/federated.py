@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from bastion_auth.deps import AuthContext, Ctx, client_ip
-from bastion_auth.federation import FederationError
+from bastion_auth.linking import FederationError
 from bastion_auth.pages import security_headers
 from bastion_auth.signin import (
     browser_session,
@@ -51,6 +51,16 @@ async def federated_start(request: Request, ctx: Ctx) -> Response:
 
 @router.get("/federated/callback", include_in_schema=False)
 async def federated_callback(request: Request, ctx: Ctx) -> Response:
+    return await _callback(request, ctx, None)
+
+
+@router.get("/federated/callback/{provider_id}", include_in_schema=False)
+async def federated_provider_callback(request: Request, ctx: Ctx, provider_id: str) -> Response:
+    """The redirect URI of a provider that does not name itself in its answer (GitHub)."""
+    return await _callback(request, ctx, provider_id[:64])
+
+
+async def _callback(request: Request, ctx: Ctx, path_provider: str | None) -> Response:
     query = request.query_params
     sid, _ = await browser_session(ctx, request)
     record = await ctx.federation.take_state(query.get("state", ""), sid)
@@ -70,6 +80,8 @@ async def federated_callback(request: Request, ctx: Ctx) -> Response:
     provider = ctx.federation.get(provider_id)
     name = provider.name if provider else provider_id
     try:
+        # Mix-up defence first: an answer from another provider is not looked at further.
+        await ctx.federation.check_answer(record, query.get("iss"), path_provider)
         if query.get("error"):
             refused = query.get("error") == "access_denied"
             raise FederationError(
@@ -89,7 +101,7 @@ async def federated_callback(request: Request, ctx: Ctx) -> Response:
         principal=identity.username,
         client_id=pending["client_id"],
         ip=client_ip(request),
-        method="oidc",
+        method=ctx.federation.method(provider_id),
         provider=provider_id,
         roles=identity.roles,
     )
@@ -111,7 +123,7 @@ def _federation_failed(
         "error" if exc.unavailable else "failure",
         client_id=pending["client_id"],
         ip=client_ip(request),
-        method="oidc",
+        method=ctx.federation.method(provider_id),
         provider=provider_id,
         reason=exc.reason,
     )

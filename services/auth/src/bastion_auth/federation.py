@@ -1,12 +1,12 @@
-"""Sign-in through an organisation's OpenID provider (OIDC Core 1.0, authorization code
-flow with PKCE, `state` and `nonce`).
+"""Sign-in through an organisation's identity provider: OpenID Connect (Core 1.0,
+authorization code flow with PKCE, `state` and `nonce`) and GitHub (plain OAuth 2.0,
+`bastion_auth.github`).
 
-People are linked by (issuer, `sub`), never by email; a user is created at the first
-sign-in and its roles are recomputed from the provider's claims at every sign-in and at
-every refresh of our own tokens (the provider's refresh token is kept sealed for that),
-so someone removed from a group loses the role within one refresh. A disabled user
-stays disabled whatever the provider says. ID tokens are verified in
-`bastion_common.tokens`, the one module that decodes JWTs.
+Who becomes what is `bastion_auth.linking` (linked by issuer and subject, roles from
+claims at every sign-in and at every refresh of our own tokens, through the provider's
+credential kept sealed). ID tokens are verified in `bastion_common.tokens`, the one
+module that decodes JWTs; the provider's answer is checked against mix-up first
+(`bastion_auth.mixup`, RFC 9207).
 
 Nothing here logs or records a token, a code or a secret.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -26,10 +25,12 @@ import httpx2
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from redis.asyncio import Redis
 
-from bastion_auth.crypto import Sealer
-from bastion_auth.settings import OidcProvider, Settings
-from bastion_auth.store import FED_LINK, FED_STATE, FED_STATE_TTL, FED_USER, digest
-from bastion_auth.users import UserError, UserStore
+from bastion_auth import mixup
+from bastion_auth.github import GitHubApi
+from bastion_auth.linking import FederatedIdentity, FederationError, Linker
+from bastion_auth.settings import GitHubProvider, OidcProvider, Settings
+from bastion_auth.store import FED_STATE, FED_STATE_TTL, digest
+from bastion_auth.users import UserStore
 from bastion_common.logging import get_logger
 from bastion_common.tokens import IdTokenValidator, TokenError, TrustedIssuer
 
@@ -37,25 +38,7 @@ __all__ = ["FederatedIdentity", "Federation", "FederationError"]
 
 log = get_logger(__name__)
 DISCOVERY_TTL = 3600.0
-_NAME_CHARS = re.compile(r"[^a-z0-9._-]+")
-
-
-class FederationError(Exception):
-    """A sign-in through a provider that cannot go on; `message` is for the person,
-    `reason` for the audit record, `unavailable` when the provider could not be reached."""
-
-    def __init__(self, message: str, reason: str, *, unavailable: bool = False) -> None:
-        super().__init__(reason)
-        self.message = message
-        self.reason = reason
-        self.unavailable = unavailable
-
-
-@dataclass(frozen=True)
-class FederatedIdentity:
-    username: str
-    roles: list[str]
-    provider: str
+AnyProvider = OidcProvider | GitHubProvider
 
 
 @dataclass
@@ -73,25 +56,43 @@ class Federation:
     ) -> None:
         self._s = settings
         self._redis = redis
-        self._users = users
         self._http = http
-        self._sealer = Sealer(settings.key_encryption_key.get_secret_value(), "idp-refresh")
-        self._providers = {p.id: _Provider(p) for p in settings.oidc_providers}
+        self._linker = Linker(redis, users, settings.key_encryption_key.get_secret_value())
+        self._configs: dict[str, AnyProvider] = {p.id: p for p in settings.oidc_providers}
+        self._providers = {
+            p.id: _Provider(p) for p in settings.oidc_providers if isinstance(p, OidcProvider)
+        }
+        self._github = {
+            p.id: GitHubApi(p, http)
+            for p in settings.oidc_providers
+            if isinstance(p, GitHubProvider)
+        }
+
+    @property
+    def linker(self) -> Linker:
+        return self._linker
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     @property
-    def providers(self) -> list[OidcProvider]:
-        return [p.config for p in self._providers.values()]
+    def providers(self) -> list[AnyProvider]:
+        return list(self._configs.values())
 
-    @property
-    def redirect_uri(self) -> str:
+    def redirect_uri(self, provider_id: str) -> str:
+        """OpenID providers name themselves (`iss`) and share one redirect URI; a provider
+        that does not (GitHub) gets its own (RFC 9700 §4.4.2.2)."""
+        if provider_id in self._github:
+            return f"{self._s.issuer}/federated/callback/{provider_id}"
         return f"{self._s.issuer}/federated/callback"
 
-    def get(self, provider_id: str) -> OidcProvider | None:
-        found = self._providers.get(provider_id)
-        return found.config if found else None
+    def get(self, provider_id: str) -> AnyProvider | None:
+        return self._configs.get(provider_id)
+
+    def method(self, provider_id: str) -> str:
+        """How a person signed in, for the audit record: "oidc" or "github"."""
+        config = self._configs.get(provider_id)
+        return config.kind if config is not None else "oidc"
 
     # --- discovery -----------------------------------------------------------------
 
@@ -153,10 +154,12 @@ class Federation:
 
     async def begin(self, provider_id: str, sid: str, request_id: str) -> str:
         """The provider's authorization URL for this browser session and request."""
-        provider = self._providers[provider_id]
-        metadata = await self._metadata(provider)
         state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(48)
+        github = self._github.get(provider_id)
+        if github is None:
+            provider = self._providers[provider_id]
+            endpoint = (await self._metadata(provider))["authorization_endpoint"]
         record = {
             "provider": provider_id,
             "sid_digest": digest(sid),
@@ -167,17 +170,20 @@ class Federation:
         await self._redis.set(
             FED_STATE.format(state=digest(state)), json.dumps(record), ex=FED_STATE_TTL
         )
+        challenge = create_s256_code_challenge(verifier)
+        if github is not None:
+            return github.authorization_url(self.redirect_uri(provider_id), state, challenge)
         query = {
             "response_type": "code",
             "client_id": provider.config.client_id,
-            "redirect_uri": self.redirect_uri,
+            "redirect_uri": self.redirect_uri(provider_id),
             "scope": " ".join(provider.config.scopes),
             "state": state,
             "nonce": nonce,
-            "code_challenge": create_s256_code_challenge(verifier),
+            "code_challenge": challenge,
             "code_challenge_method": "S256",
         }
-        return f"{metadata['authorization_endpoint']}?{urlencode(query)}"
+        return f"{endpoint}?{urlencode(query)}"
 
     async def take_state(self, state: str, sid: str | None) -> dict[str, Any] | None:
         """The sign-in `state` names, once, and only for the browser that started it."""
@@ -191,8 +197,28 @@ class Federation:
             return None
         return record
 
+    async def check_answer(
+        self, record: dict[str, Any], iss: str | None, path_provider: str | None
+    ) -> None:
+        """Mix-up defence (RFC 9207, RFC 9700 §4.4) before anything else is done with the
+        provider's answer, errors included."""
+        config = self._configs[record["provider"]]
+        if isinstance(config, GitHubProvider):
+            mixup.check_callback_provider(config.name, config.id, path_provider)
+            mixup.check_response_issuer(config.name, config.issuer, {}, iss)
+            return
+        mixup.check_callback_provider(config.name, config.id, path_provider or config.id)
+        metadata = await self._metadata(self._providers[config.id])
+        mixup.check_response_issuer(config.name, config.issuer, metadata, iss)
+
     async def finish(self, record: dict[str, Any], code: str) -> FederatedIdentity:
-        provider = self._providers[record["provider"]]
+        provider_id = record["provider"]
+        github = self._github.get(provider_id)
+        if github is not None:
+            token = await github.exchange(code, record["verifier"], self.redirect_uri(provider_id))
+            claims = await github.claims(token)
+            return await self._linker.link(github.config, github.config.issuer, claims, token)
+        provider = self._providers[provider_id]
         metadata = await self._metadata(provider)
         tokens = await self._token_request(
             provider,
@@ -200,12 +226,14 @@ class Federation:
             {
                 "grant_type": "authorization_code",
                 "code": code,
-                "redirect_uri": self.redirect_uri,
+                "redirect_uri": self.redirect_uri(provider_id),
                 "code_verifier": record["verifier"],
             },
         )
         claims = await self._claims(provider, metadata, tokens, nonce=record["nonce"])
-        return await self._link(provider.config, claims, tokens.get("refresh_token"))
+        return await self._linker.link(
+            provider.config, provider.config.issuer, claims, tokens.get("refresh_token")
+        )
 
     async def refresh_roles(self, username: str) -> list[str] | None:
         """Ask the provider again who `username` is, and apply the roles that gives.
@@ -213,27 +241,32 @@ class Federation:
         None for a user who did not sign in through a provider (nothing to do). Raises
         FederationError when the provider no longer vouches for the person, or cannot
         be asked (then our refresh is refused: fail closed)."""
-        link_key = await self._redis.get(FED_USER.format(username=username))
-        if link_key is None:
+        link = await self._linker.link_of(username)
+        if link is None:
             return None
-        raw = await self._redis.get(link_key)
-        if raw is None:
-            raise FederationError("Sign in again.", "provider link is gone")
-        link = json.loads(raw)
-        provider = self._providers.get(link["provider"])
-        if provider is None:
+        config = self._configs.get(link.provider)
+        if config is None:
             raise FederationError("Sign in again.", "provider is no longer configured")
-        if not link.get("refresh"):
+        if not link.credential:
             raise FederationError("Sign in again.", "provider gave no refresh token")
-        refresh = self._sealer.open(base64.b64decode(link["refresh"])).decode()
-        metadata = await self._metadata(provider)
-        tokens = await self._token_request(
-            provider, metadata, {"grant_type": "refresh_token", "refresh_token": refresh}
-        )
-        claims = await self._claims(provider, metadata, tokens, nonce=None)
-        if claims["sub"] != link["sub"]:
+        new_credential: str | None
+        if isinstance(config, GitHubProvider):
+            # A GitHub OAuth token does not expire: asking the API again is the refresh.
+            claims = await self._github[config.id].claims(link.credential)
+            new_credential = None
+        else:
+            provider = self._providers[config.id]
+            metadata = await self._metadata(provider)
+            tokens = await self._token_request(
+                provider,
+                metadata,
+                {"grant_type": "refresh_token", "refresh_token": link.credential},
+            )
+            claims = await self._claims(provider, metadata, tokens, nonce=None)
+            new_credential = tokens.get("refresh_token")
+        if str(claims["sub"]) != link.subject:
             raise FederationError("Sign in again.", "provider answered for another subject")
-        identity = await self._link(provider.config, claims, tokens.get("refresh_token") or refresh)
+        identity = await self._linker.link(config, config.issuer, claims, new_credential)
         return identity.roles
 
     async def _token_request(
@@ -309,79 +342,3 @@ class Federation:
                 "userinfo is not about the ID token's subject",
             )
         return {k: v for k, v in info.items() if k not in ("iss", "aud", "sub", "exp", "iat")}
-
-    # --- who becomes what ----------------------------------------------------------------
-
-    @staticmethod
-    def roles_for(config: OidcProvider, claims: dict[str, Any]) -> list[str] | None:
-        """Our roles for these claims, or None when the allowlist keeps the person out."""
-        groups = claims.get(config.groups_claim)
-        group_set = {str(g) for g in groups} if isinstance(groups, list) else set()
-        if config.allowed_email_domains or config.allowed_groups:
-            email = claims.get("email")
-            domain_ok = (
-                isinstance(email, str)
-                and claims.get("email_verified") is True
-                and email.rsplit("@", 1)[-1].lower() in config.allowed_email_domains
-            )
-            if not domain_ok and not group_set & set(config.allowed_groups):
-                return None
-        roles = set(config.default_roles)
-        for rule in config.role_rules:
-            value = claims.get(rule.claim)
-            held = {str(v) for v in value} if isinstance(value, list) else {str(value)}
-            if rule.value in held:
-                roles.add(rule.role)
-        return sorted(roles)
-
-    async def _link(
-        self, config: OidcProvider, claims: dict[str, Any], refresh: object
-    ) -> FederatedIdentity:
-        roles = self.roles_for(config, claims)
-        if roles is None:
-            raise FederationError(
-                f"Your {config.name} account is not allowed to use this server. "
-                "Ask your administrator for access.",
-                "not allowed by the provider's allowlist",
-            )
-        sub = str(claims["sub"])
-        link_key = FED_LINK.format(provider=config.id, subject=digest(f"{config.issuer}|{sub}"))
-        raw = await self._redis.get(link_key)
-        link: dict[str, Any] = json.loads(raw) if raw else {}
-        username = link.get("username") or await self._create_user(config, claims, roles)
-        user = await self._users.get(username)
-        if user is None:
-            raise FederationError("Sign in again.", "linked user is gone")
-        if user.disabled:  # an administrator's word wins over the provider's
-            raise FederationError(
-                "This account is disabled. Ask your administrator.", "account disabled"
-            )
-        if sorted(user.roles) != roles:
-            await self._users.update(username, roles=roles)
-        sealed = (
-            base64.b64encode(self._sealer.seal(refresh.encode())).decode()
-            if isinstance(refresh, str) and refresh
-            else link.get("refresh")
-        )
-        record = {"username": username, "provider": config.id, "sub": sub, "refresh": sealed}
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(link_key, json.dumps(record))
-            pipe.set(FED_USER.format(username=username), link_key)
-            await pipe.execute()
-        return FederatedIdentity(username, roles, config.id)
-
-    async def _create_user(
-        self, config: OidcProvider, claims: dict[str, Any], roles: list[str]
-    ) -> str:
-        hint = claims.get(config.username_claim) or claims.get("email") or ""
-        base = _NAME_CHARS.sub("-", str(hint).split("@", 1)[0].lower()).strip("-._")[:40]
-        base = base or digest(str(claims["sub"]))[:12]
-        # The person has no password here: a random one nobody knows keeps the password
-        # form closed to this account.
-        for name in (f"{base}@{config.id}", f"{base}-{digest(str(claims['sub']))[:6]}@{config.id}"):
-            try:
-                await self._users.create(name, secrets.token_urlsafe(32), roles)
-                return name
-            except UserError:
-                continue
-        raise FederationError("Sign in again.", "no free username for this person")

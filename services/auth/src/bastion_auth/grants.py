@@ -1,5 +1,6 @@
 """The token endpoint (RFC 6749 §3.2): authorization_code (+PKCE, RFC 8707 resource),
-refresh_token (rotation, reuse detection, grace window) and client_credentials.
+refresh_token (rotation, reuse detection, grace window), client_credentials, and the
+jwt-bearer grant with an ID-JAG assertion (RFC 7523, `bastion_auth.idjag`).
 
 Responses carry `Cache-Control: no-store` (RFC 6749 §5.1); errors are RFC 6749 §5.2 JSON.
 """
@@ -17,7 +18,8 @@ from bastion_auth.clientauth import credentials_from
 from bastion_auth.clients import Client
 from bastion_auth.deps import AuthContext, Ctx, client_ip
 from bastion_auth.errors import OAuthError, oauth_error_response
-from bastion_auth.federation import FederationError
+from bastion_auth.idjag import JWT_BEARER
+from bastion_auth.linking import FederationError
 from bastion_auth.resources import check_resource, grant_scopes
 from bastion_common.permissions import parse_scope, permissions_for_roles
 
@@ -73,13 +75,17 @@ async def token(request: Request, ctx: Ctx) -> Response:
         client = await authenticate_client(ctx, request, form)
         client_id = client.client_id
         if grant_type not in client.grant_types:
-            if grant_type in ("authorization_code", "refresh_token", "client_credentials"):
+            if grant_type in ("authorization_code", "refresh_token", "client_credentials") or (
+                grant_type == JWT_BEARER and ctx.idjag.enabled
+            ):
                 raise OAuthError("unauthorized_client", "this client may not use this grant")
             raise OAuthError("unsupported_grant_type", "grant_type is not supported")
         if grant_type == "authorization_code":
             body = await _authorization_code(ctx, client, form, resources, ip)
         elif grant_type == "refresh_token":
             body = await _refresh(ctx, client, form, resources, ip)
+        elif grant_type == JWT_BEARER:
+            body = await _jwt_bearer(ctx, client, form, resources, ip)
         else:
             body = await _client_credentials(ctx, client, form, resources, ip)
     except OAuthError as exc:
@@ -273,6 +279,39 @@ async def _client_credentials(
         grant_type="client_credentials",
         aud=resource,
         scope=claims["scope"],
+    )
+    return {
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": claims["exp"] - claims["nbf"],
+        "scope": claims["scope"],
+    }
+
+
+async def _jwt_bearer(
+    ctx: AuthContext, client: Client, form: dict[str, str], resources: list[str], ip: str
+) -> dict[str, Any]:
+    if not client.confidential:  # only clients configured for it (AUTH_IDJAG_CLIENTS)
+        raise OAuthError("unauthorized_client", "this grant is for confidential clients")
+    result = await ctx.idjag.redeem(client.client_id, form, resources)
+    user = result.identity
+    access, claims = await ctx.tokens.access_token(
+        sub=user.username,
+        client_id=client.client_id,
+        resource=result.resource,
+        scopes=result.scopes,
+        roles=user.roles,
+    )
+    ctx.event(
+        "token.issued",
+        principal=user.username,
+        client_id=client.client_id,
+        ip=ip,
+        grant_type=JWT_BEARER,
+        aud=result.resource,
+        scope=claims["scope"],
+        idp=result.issuer,
+        roles=user.roles,
     )
     return {
         "access_token": access,

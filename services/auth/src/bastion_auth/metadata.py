@@ -56,4 +56,6 @@ def metadata_document(settings: Settings) -> dict[str, Any]:
     doc["issuer"] = issuer
     doc["jwks_uri"] = f"{issuer}/jwks.json"
     doc["resource_indicators_supported"] = sorted(settings.resources)
+    if settings.idjag_issuers:  # RFC 7523 with ID-JAG assertions (bastion_auth.idjag)
+        doc["grant_types_supported"].append("urn:ietf:params:oauth:grant-type:jwt-bearer")
     return doc

@@ -4,15 +4,34 @@ from __future__ import annotations
 
 import os
 import ssl
-from typing import Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import SettingsConfigDict
 
 from bastion_common.permissions import ALL_PERMISSIONS, Role
 from bastion_common.settings import Secret, ServiceSettings, check_secret_strength
 
-__all__ = ["HS256_REFUSED", "OidcProvider", "RoleRule", "Settings"]
+__all__ = [
+    "HS256_REFUSED",
+    "AssertionClient",
+    "AssertionIssuer",
+    "GitHubProvider",
+    "OidcProvider",
+    "Provider",
+    "RoleMapping",
+    "RoleRule",
+    "Settings",
+]
 
 
 class RoleRule(BaseModel):
@@ -24,22 +43,13 @@ class RoleRule(BaseModel):
     role: Role
 
 
-class OidcProvider(BaseModel):
-    """An organisation's OpenID provider people may sign in through (AUTH_OIDC_PROVIDERS).
-
-    The client secret is given by reference: the name of an environment variable that
-    holds it (`client_secret_env`), never inline in the provider list."""
+class RoleMapping(BaseModel):
+    """Who becomes what, for any source of people (docs/sign-in.md): our roles from the
+    source's claims, and who may come in at all."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     name: str = Field(min_length=1, max_length=64, description="shown as 'Sign in with NAME'")
-    issuer: str = Field(min_length=8, max_length=512)
-    client_id: str = Field(min_length=1, max_length=256)
-    client_secret_env: str = Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
-    token_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"  # noqa: S105 - a method name
-    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
-    algorithms: tuple[str, ...] = ("RS256", "ES256")
-    userinfo: bool = Field(default=False, description="also read the userinfo endpoint")
     username_claim: str = "preferred_username"
     default_roles: tuple[Role, ...] = ("user",)
     role_rules: list[RoleRule] = Field(default_factory=list)
@@ -48,12 +58,76 @@ class OidcProvider(BaseModel):
     allowed_groups: list[str] = Field(default_factory=list)
     groups_claim: str = "groups"
 
+
+class _SecretByReference(BaseModel):
+    client_secret_env: str = Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
+
     @property
     def secret(self) -> str:
         value = os.environ.get(self.client_secret_env, "")
         if not value:
-            raise ValueError(f"provider {self.id}: {self.client_secret_env} is not set")
+            raise ValueError(f"{self.client_secret_env} is not set")
         return value
+
+
+class OidcProvider(RoleMapping, _SecretByReference):
+    """An organisation's OpenID provider people may sign in through (AUTH_OIDC_PROVIDERS).
+
+    The client secret is given by reference: the name of an environment variable that
+    holds it (`client_secret_env`), never inline in the provider list."""
+
+    kind: Literal["oidc"] = "oidc"
+    issuer: str = Field(min_length=8, max_length=512)
+    client_id: str = Field(min_length=1, max_length=256)
+    token_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"  # noqa: S105 - a method name
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    userinfo: bool = Field(default=False, description="also read the userinfo endpoint")
+
+
+class GitHubProvider(RoleMapping, _SecretByReference):
+    """GitHub (an OAuth App or GitHub App), a plain OAuth 2.0 provider: identity from its
+    REST API. `groups` holds the person's organisations (`acme`) and teams (`acme/admins`).
+    The URLs are GitHub's; GitHub Enterprise Server (or a test stand-in) sets its own."""
+
+    kind: Literal["github"]
+    client_id: str = Field(min_length=1, max_length=256)
+    scopes: list[str] = Field(default_factory=lambda: ["read:user", "user:email", "read:org"])
+    authorize_url: str = "https://github.com/login/oauth/authorize"
+    token_url: str = "https://github.com/login/oauth/access_token"  # noqa: S105 - a URL
+    api_url: str = "https://api.github.com"
+    username_claim: str = "login"
+
+    @property
+    def issuer(self) -> str:
+        """What a GitHub account is linked under (with its numeric id, never its login)."""
+        return self.api_url.rstrip("/")
+
+
+def _provider_kind(value: Any) -> str:
+    kind = value.get("kind", "oidc") if isinstance(value, dict) else getattr(value, "kind", "")
+    return str(kind)
+
+
+Provider = Annotated[
+    Annotated[OidcProvider, Tag("oidc")] | Annotated[GitHubProvider, Tag("github")],
+    Discriminator(_provider_kind),
+]
+
+
+class AssertionIssuer(RoleMapping):
+    """An enterprise IdP whose identity assertion grants (ID-JAG) we accept (AUTH_IDJAG_ISSUERS)."""
+
+    issuer: str = Field(min_length=8, max_length=512)
+    jwks_url: str = Field(min_length=8, max_length=512)
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+
+
+class AssertionClient(_SecretByReference):
+    """A confidential client that may present ID-JAG assertions (AUTH_IDJAG_CLIENTS)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    client_id: str = Field(min_length=1, max_length=256)
 
 
 HS256_REFUSED = (
@@ -108,12 +182,22 @@ class Settings(ServiceSettings):
     )
 
     # Sign-in through the organisation's identity providers (JSON list of OidcProvider).
-    oidc_providers: list[OidcProvider] = Field(
-        default_factory=list, description="OpenID providers people may sign in through (JSON)"
+    oidc_providers: list[Provider] = Field(
+        default_factory=list,
+        description="OpenID providers (and GitHub) people may sign in through (JSON)",
     )
     local_login: bool = Field(default=True, description="offer the username/password form")
     oidc_allow_http: bool = Field(default=False, description="tests only: http providers")
     oidc_timeout: float = Field(default=5.0, gt=0, le=30)
+    # Enterprise-managed authorization (ID-JAG, RFC 7523 jwt-bearer): who issues the
+    # assertions, and the clients that may present them.
+    idjag_issuers: list[AssertionIssuer] = Field(
+        default_factory=list, description="enterprise IdPs whose ID-JAG assertions are accepted"
+    )
+    idjag_clients: list[AssertionClient] = Field(
+        default_factory=list, description="confidential clients that may present ID-JAGs"
+    )
+    idjag_max_lifetime: int = Field(default=300, ge=30, le=3600)
 
     # Brute force (per account and per client IP, both over `lockout_window`).
     lockout_threshold: int = Field(default=5, ge=1)
@@ -193,11 +277,19 @@ class Settings(ServiceSettings):
         if len(ids) != len(set(ids)):
             raise ValueError("AUTH_OIDC_PROVIDERS: provider ids must be unique")
         for provider in self.oidc_providers:
-            if not provider.issuer.startswith("https://") and not self.oidc_allow_http:
-                raise ValueError(f"AUTH_OIDC_PROVIDERS: {provider.id} issuer must be https")
-            if "openid" not in provider.scopes:
-                raise ValueError(f"AUTH_OIDC_PROVIDERS: {provider.id} scopes must include openid")
-            _ = provider.secret  # fail at start-up, not at the first sign-in
+            self._check_provider(provider)
+        if len({i.id for i in self.idjag_issuers}) != len(self.idjag_issuers):
+            raise ValueError("AUTH_IDJAG_ISSUERS: issuer ids must be unique")
+        for trusted in self.idjag_issuers:
+            for url in (trusted.issuer, trusted.jwks_url):
+                self._check_url(f"AUTH_IDJAG_ISSUERS: {trusted.id}", url)
+        for client in self.idjag_clients:
+            try:
+                problem = check_secret_strength(client.secret)
+            except ValueError as exc:
+                raise ValueError(f"AUTH_IDJAG_CLIENTS: {client.client_id}: {exc}") from None
+            if problem:
+                raise ValueError(f"AUTH_IDJAG_CLIENTS: {client.client_secret_env} {problem}")
         if not self.local_login and not self.oidc_providers:
             raise ValueError("AUTH_LOCAL_LOGIN=false needs at least one AUTH_OIDC_PROVIDERS entry")
         if self.tools_client_secret is not None:
@@ -205,3 +297,24 @@ class Settings(ServiceSettings):
             if problem:
                 raise ValueError(f"AUTH_TOOLS_CLIENT_SECRET {problem}")
         return self
+
+    def _check_url(self, where: str, url: str) -> None:
+        if not url.startswith("https://") and not (
+            self.oidc_allow_http and url.startswith("http://")
+        ):
+            raise ValueError(f"{where} URLs must be https")
+
+    def _check_provider(self, provider: OidcProvider | GitHubProvider) -> None:
+        where = f"AUTH_OIDC_PROVIDERS: {provider.id}"
+        if isinstance(provider, GitHubProvider):
+            for url in (provider.authorize_url, provider.token_url, provider.api_url):
+                self._check_url(where, url)
+        else:
+            if not provider.issuer.startswith("https://") and not self.oidc_allow_http:
+                raise ValueError(f"{where} issuer must be https")
+            if "openid" not in provider.scopes:
+                raise ValueError(f"{where} scopes must include openid")
+        try:
+            _ = provider.secret  # fail at start-up, not at the first sign-in
+        except ValueError as exc:
+            raise ValueError(f"provider {provider.id}: {exc}") from None

@@ -24,6 +24,7 @@ __all__ = [
     "FED_STATE",
     "FED_STATE_TTL",
     "FED_USER",
+    "IDJAG_JTI",
     "FAMILY_JTIS",
     "LOCK_ACCOUNT_FAILS",
     "LOCK_ACCOUNT_UNTIL",
@@ -58,6 +59,8 @@ FED_STATE = "auth:fed:state:{state}"  # JSON, FED_STATE_TTL
 FED_STATE_TTL = 600
 FED_LINK = "auth:fed:link:{provider}:{subject}"  # JSON, no TTL
 FED_USER = "auth:fed:user:{username}"  # the FED_LINK key, no TTL
+# A used ID-JAG assertion (SHA-256 of issuer|jti), until it expires plus the leeway.
+IDJAG_JTI = "auth:idjag:jti:{digest}"  # "1", exp - now + leeway
 
 AUTH_REQUEST = "auth:authreq:{id}"  # a validated /authorize request waiting for login
 AUTH_REQUEST_TTL = 600
