@@ -12,7 +12,7 @@ export TESTCONTAINERS_RYUK_DISABLED := true
 # Debian's engine has no buildx: build with the classic BuildKit path, without the warning.
 export COMPOSE_BAKE := false
 
-.PHONY: help install lock env docker browser up down clean logs ps lint test unit integration faults fuzz bench demo
+.PHONY: help install lock env docker browser up down clean logs ps lint test unit integration faults fuzz soak bench demo
 
 help:
 	@echo "make up          build and start the stack, wait until healthy, print the URLs"
@@ -20,6 +20,7 @@ help:
 	@echo "make logs        follow the services' JSON logs"
 	@echo "make test        unit tests, then the integration tests against a fresh stack"
 	@echo "make fuzz        schemathesis against keys and audit, 1000 cases per operation"
+	@echo "make soak        30 minutes of mixed load on the stack: memory, p99, audit lag"
 	@echo "make lint        ruff and mypy --strict"
 	@echo "make install     the virtual environment ($(VENV)) from requirements.lock"
 
@@ -100,6 +101,11 @@ fuzz: install docker
 # Against a stack started with `make up`: the full flow for four roles, then the report.
 demo: install
 	$(PY) -m demo.run
+
+# The stack under a steady mixed load for SOAK_MINUTES (30) at SOAK_RATE calls/s (200):
+# memory, p99 and audit lag over time -> bench/results/soak.{json,png}.
+soak: install docker
+	$(PY) bench/soak.py --minutes $${SOAK_MINUTES:-30} --rate $${SOAK_RATE:-200}
 
 # Every benchmark in one run -> bench/results/latest.{json,md,png}; then
 # `$(PY) bench/readme_table.py` copies its summary table into README.md.
