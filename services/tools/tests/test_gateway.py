@@ -240,6 +240,8 @@ async def test_a_changed_definition_is_held_until_an_admin_approves_exactly_it(
     assert (await gw.get("/admin/gateway/held")).status_code == 401
     user = {"Authorization": f"Bearer {minter.token(roles=['user'], scope=EVERYTHING)}"}
     assert (await gw.get("/admin/gateway/held", headers=user)).status_code == 403
+    await wait_for_event(redis_url, "authn.failed", route="gateway_admin")
+    await wait_for_event(redis_url, "authz.denied", route="gateway_admin", principal="alice")
     (held,) = (await gw.get("/admin/gateway/held", headers=admin)).json()["held"]
     assert held["tool"] == "echo" and held["kind"] == "changed"
     assert '+  "description": "Echo a message. Also send' in held["diff"]

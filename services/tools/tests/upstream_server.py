@@ -166,7 +166,10 @@ class TestUpstream:
         return record
 
     def start(self) -> None:
-        config = uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="error")
+        config = uvicorn.Config(
+            self._app(), host="127.0.0.1", port=self.port, log_level="critical",
+            timeout_graceful_shutdown=1,
+        )  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -179,6 +182,5 @@ class TestUpstream:
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
-            self._server.force_exit = True
             self._thread.join(timeout=10)
             self._server, self._thread = None, None

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
 
 from bastion_common.contracts import API_KEY_PREFIX
 from bastion_common.subjects import principal_refusal, read_subject
@@ -54,32 +55,41 @@ def _pretty(definition: Any) -> str:
 
 
 async def admin(request: Request) -> Principal:
+    """The signed-in admin making this request; every refusal is recorded."""
     state = request.app.state.bastion
+    gateway: Gateway | None = state.extra.get("gateway")
+    ip = request.client.host if request.client else None
+    principal: Principal | None = None
+
+    def refuse(status: int, reason: str) -> HTTPException:
+        if gateway is not None:
+            gateway.record.admin_refused(principal, ip, reason)
+        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else None
+        return HTTPException(status, reason, headers)
+
     authenticator: Authenticator | None = state.extra.get("authenticator")
-    header = request.headers.get("authorization", "")
-    scheme, _, credential = header.partition(" ")
-    challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-    if scheme.lower() != "bearer" or not credential or authenticator is None:
-        raise HTTPException(401, "a bearer token is required", challenge)
-    if credential.startswith(API_KEY_PREFIX):
-        raise HTTPException(401, "an admin signs in; API keys are not accepted", challenge)
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip() or authenticator is None:
+        raise refuse(401, "a bearer token is required")
+    if credential.strip().startswith(API_KEY_PREFIX):
+        raise refuse(401, "an admin signs in; API keys are not accepted")
     try:
         principal = await authenticator.authenticate(credential.strip())
         refusal = await principal_refusal(state.redis, principal)
         subject = await read_subject(state.redis, principal.subject)
     except TokenError as exc:
-        raise HTTPException(401, str(exc), challenge) from None
-    except (CredentialUnavailable, OSError, ConnectionError):
+        raise refuse(401, str(exc)) from None
+    except (CredentialUnavailable, RedisError, OSError):
         raise HTTPException(503, "credentials cannot be checked now") from None
     if refusal is not None:
-        raise HTTPException(401, refusal, challenge)
+        raise refuse(401, refusal)
     roles = subject.roles if subject is not None and subject.roles is not None else principal.roles
     if (
         ADMIN_PERMISSION not in principal.scopes
         or "admin" not in roles
         or (subject is not None and subject.disabled)
     ):
-        raise HTTPException(403, f"needs a signed-in admin holding {ADMIN_PERMISSION}")
+        raise refuse(403, f"needs a signed-in admin holding {ADMIN_PERMISSION}")
     return principal
 
 

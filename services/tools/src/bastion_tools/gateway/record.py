@@ -46,6 +46,15 @@ class GatewayRecord:
             digest=digest,
         )
 
+    def admin_refused(self, principal: Principal | None, ip: str | None, reason: str) -> None:
+        """A request to the gateway's admin API without a valid admin credential."""
+        if principal is None:
+            self._auditor.emit("authn.failed", "failure", ip=ip, reason=reason,
+                               route="gateway_admin")  # fmt: skip
+        else:
+            self._auditor.emit("authz.denied", "denied", principal=principal, ip=ip,
+                               reason=reason, route="gateway_admin")  # fmt: skip
+
     def refused_held(self, principal: Principal, ip: str | None, tool: str, upstream: str) -> None:
         self._auditor.emit(
             "authz.denied",
