@@ -131,3 +131,15 @@ def test_an_unreadable_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as caught:
         load_policy(tmp_path / "nope.yaml")
     assert caught.value.problems == [f"{tmp_path}/nope.yaml: cannot be read (FileNotFoundError)"]
+
+
+def test_the_shipped_example_and_test_policies_are_valid() -> None:
+    root = Path(__file__).resolve().parents[3] / "deploy"
+    example = load_policy(root / "policy.example.yaml", environ={})
+    assert example.prefix_of("time") == "time"
+    secrets = {"EVERYTHING_TOKEN": "t"}
+    text = (root / "test-upstreams" / "policy.yaml").read_text()
+    # The test policy reads its time key from a file that only the test stack mounts.
+    text = text.replace("${file:/run/bastion-time-key}", "${env:TIME_KEY}")
+    test = parse_policy(text, environ={**secrets, "TIME_KEY": "k"})
+    assert test.mcp_servers["everything"].tools["gzip-file-as-resource"].deny
