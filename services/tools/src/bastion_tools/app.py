@@ -191,6 +191,9 @@ def create_app(settings: Settings, policy: Policy | None = None) -> FastAPI:
     app.include_router(metadata_router(settings))
     app.include_router(gateway_admin_router())
     app.router.routes.append(Route(settings.mcp_path, endpoint=guard, name="mcp"))
-    # The SDK logs each session and tool failure at INFO; our audit events cover those.
+    # The SDK logs each session and tool failure at INFO, and httpx2 each request the
+    # gateway forwards; our audit events and metrics cover those, and a JSON line per
+    # forwarded call costs each call more CPU than its forwarding does.
     logging.getLogger("mcp").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     return app
