@@ -49,6 +49,11 @@ def test_a_pasted_client_config_with_bastion_fields_is_read(tmp_path: Path) -> N
     assert "t-456" not in repr(policy) and "t-456" not in policy.model_dump_json()
 
 
+def test_pinning_off_unquoted_means_off_though_yaml_reads_it_as_false() -> None:
+    policy = parse_policy("mcpServers: {a: {url: 'http://a/mcp', pinning: off}}", environ={})
+    assert policy.mcp_servers["a"].pinning == "off"
+
+
 def test_json_from_a_client_config_is_accepted_as_it_is() -> None:
     text = '{"mcpServers": {"remote": {"url": "https://mcp.example/mcp", "headers": {}}}}'
     assert parse_policy(text, environ={}).mcp_servers["remote"].url == "https://mcp.example/mcp"

@@ -43,6 +43,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -150,6 +151,12 @@ class UpstreamPolicy(_Strict):
     breaker_reset_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     _secret_headers: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    @field_validator("pinning", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off` as false: `pinning: off` means "off".
+        return "off" if value is False else value
 
     @model_validator(mode="before")
     @classmethod

@@ -35,6 +35,10 @@ __all__ = ["Gateway", "Rules"]
 
 log = get_logger(__name__)
 _SERVED = frozenset({"same", "pinned", "changed", "added"})
+# What one upstream may make this service hold: more is ignored (a listing) or refused
+# (a definition), so that a hostile upstream cannot fill memory or Redis.
+MAX_TOOLS_PER_UPSTREAM = 1000
+MAX_DEFINITION_BYTES = 64 * 1024
 
 
 class Gateway:
@@ -46,11 +50,12 @@ class Gateway:
         self.record = record
         self._reserved = reserved  # built-in tool names: an upstream cannot shadow them
         self.links = {
-            name: UpstreamLink(name, upstream, self._apply)
+            name: UpstreamLink(name, upstream, self.apply)
             for name, upstream in policy.mcp_servers.items()
         }
         self.tools: dict[str, GatewayTool] = {}
         self.held: dict[str, GatewayTool] = {}
+        self._refused: set[str] = set()  # digests of unusable definitions, recorded once
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tasks:
@@ -98,17 +103,23 @@ class Gateway:
             log.info("gateway.approved", upstream=upstream, tool=tool, by=by)
         return approved
 
-    async def _apply(self, link: UpstreamLink, listed: list[types.Tool]) -> None:
+    async def apply(self, link: UpstreamLink, listed: list[types.Tool]) -> None:
+        """Reconcile one listing of `link`'s upstream with the pins and serve the result."""
         name, upstream = link.name, link.policy
         prefix = self.policy.prefix_of(name)
         definitions: dict[str, str] = {}
         parsed: dict[str, dict[str, Any]] = {}
-        for tool in listed:
+        if len(listed) > MAX_TOOLS_PER_UPSTREAM:
+            log.warning("gateway.listing_cut", upstream=name, listed=len(listed))
+        for tool in listed[:MAX_TOOLS_PER_UPSTREAM]:
             if tool.name in definitions:
                 continue  # a listing that names a tool twice: the first one counts
             definition = definition_of(tool)
-            parsed[tool.name] = definition
-            definitions[tool.name] = canonical(definition)
+            text = canonical(definition)
+            if len(text.encode()) > MAX_DEFINITION_BYTES:
+                self._refuse(name, tool.name, digest(text), "definition", "is larger than 64 KiB")
+                continue
+            parsed[tool.name], definitions[tool.name] = definition, text
         statuses: Mapping[str, PinStatus]
         if upstream.pinning == "off":
             statuses = dict.fromkeys(definitions, "same")
@@ -120,11 +131,12 @@ class Gateway:
         held: dict[str, GatewayTool] = {}
         for tool_name, definition in parsed.items():
             status = statuses.get(tool_name, "held")
+            hashed = digest(definitions[tool_name])
             if status not in ("same", "still_held"):
-                self.record.definition(status, name, tool_name, digest(definitions[tool_name]))
+                self.record.definition(status, name, tool_name, hashed)
             made = gateway_tool(name, prefix, upstream, definition)
             if isinstance(made, SchemaProblem):
-                self.record.unusable(name, tool_name, made.where, made.problem)
+                self._refuse(name, tool_name, hashed, made.where, made.problem)
                 continue
             if made is None or made.name in self._reserved:
                 continue
@@ -132,6 +144,11 @@ class Gateway:
         self.tools = {k: v for k, v in self.tools.items() if v.upstream != name} | served
         self.held = {k: v for k, v in self.held.items() if v.upstream != name} | held
         log.info("gateway.listed", upstream=name, served=len(served), held=len(held))
+
+    def _refuse(self, upstream: str, tool: str, hashed: str, where: str, problem: str) -> None:
+        if hashed not in self._refused:
+            self._refused.add(hashed)
+            self.record.unusable(upstream, tool, where, problem)
 
 
 class Rules(Mapping[str, ToolRule]):
