@@ -345,3 +345,36 @@ async def test_metrics_count_each_upstreams_calls(gw: httpx2.AsyncClient, minter
     assert 'bastion_gateway_calls_total{outcome="success",upstream="up"}' in text
     assert 'bastion_gateway_call_seconds_count{upstream="up"}' in text
     assert 'bastion_gateway_upstream_up{upstream="up"} 1.0' in text
+
+
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "name"), [("tools/call", "up_echo"), ("tools/list", "up_write")]
+)
+async def test_routing_headers_that_disagree_with_the_body_are_refused_and_recorded(
+    gw: httpx2.AsyncClient,
+    minter: Minter,
+    upstream: TestUpstream,
+    redis_url: str,
+    method: str,
+    name: str,
+) -> None:
+    """SEP-2243: a proxy routing by Mcp-Method/Mcp-Name must see the call the server runs."""
+    token = minter.token(sub="sep", scope=EVERYTHING)
+    body = rpc("tools/call", {"name": "up_write", "arguments": {"text": "x"}, "_meta": MODERN_META})
+    modern = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method, "Mcp-Name": name}
+    refused = await post(gw, token, body, headers=modern)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == -32020
+    assert upstream.calls() == []
+    event = await wait_for_event(redis_url, "request.invalid", principal="sep")
+    assert event.details["reason"] == "header_mismatch"
+    honest = {**modern, "Mcp-Method": "tools/call", "Mcp-Name": "up_write"}
+    reply = await post(gw, token, body, headers=honest)
+    assert reply.json()["result"]["content"][0]["text"] == "wrote x"
