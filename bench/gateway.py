@@ -15,7 +15,11 @@ alike. Servers on CPU 0, the client and Redis on CPU 1. Reports p50/p99 per side
 gateway's added p50, and tools' CPU time per call (gateway vs builtin). Writes
 bench/results/gateway.json.
 
-    .venv/bin/python bench/gateway.py [--calls 2000] [--rounds 3]
+`--memory`: instead, the resident memory of a tools process with 10 upstreams of 50
+tools each (500 pinned definitions, all listed and served), against the same process
+with no upstream. Writes bench/results/gateway_memory.json.
+
+    .venv/bin/python bench/gateway.py [--calls 2000] [--rounds 3] [--memory]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -82,11 +87,72 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def memory() -> None:
+    """RSS of tools serving 10 upstreams x 50 tools, and of tools with none."""
+    issuer = Issuer()
+    out: dict[str, Any] = {}
+    with Processes("bench-gateway-memory-") as procs:
+        _, redis_url = procs.redis()
+        up_port = free_port()
+        upstream = [PYTHON, str(ROOT / "bench" / "gateway_upstream.py"), str(up_port)]
+        procs.start([*upstream, "--tools", "49"])
+        wait_port(up_port)
+        lines = "".join(
+            f"  u{i}: {{url: 'http://127.0.0.1:{up_port}/mcp', permissions: {{read: weather:read,"
+            " write: weather:read}}\n"
+            for i in range(10)
+        )
+        policy = procs.workdir / "policy.yaml"
+        policy.write_text("mcpServers:\n" + lines)
+        for label, with_policy in (("no upstream", False), ("10 upstreams, 500 tools", True)):
+            port = free_port()
+            public = f"http://127.0.0.1:{port}"
+            env = tools_env(port=port, public_url=public, redis_url=redis_url,
+                            issuer=issuer, workdir=procs.workdir)  # fmt: skip
+            if with_policy:
+                env["TOOLS_POLICY_FILE"] = str(policy)
+            tools = procs.start(tools_argv(), env=env)
+            wait_port(port)
+            token = issuer.token(f"{public}/mcp")
+            listing = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+            with httpx2.Client(timeout=30) as http:
+                deadline = time.monotonic() + 60
+                while True:
+                    reply = http.post(f"{public}/mcp", content=listing, headers=mcp_headers(token))
+                    listed = len(reply.json()["result"]["tools"])
+                    if not with_policy or listed >= 500 or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.5)
+                for _ in range(200):  # some traffic, so caches and pools are in use
+                    http.post(f"{public}/mcp", content=listing, headers=mcp_headers(token))
+                    if with_policy:
+                        measure(http, f"{public}/mcp", call("u3_echo"), mcp_headers(token), 1)
+            out[label] = {"rss_mb": round(rss_mb(tools.pid), 1), "tools_listed": listed}
+            tools.terminate()
+            tools.wait(timeout=20)
+    issuer.close()
+    path = write_result("gateway_memory", out)
+    for label, row in out.items():
+        print(f"{label:24} RSS {row['rss_mb']:.1f} MB, {row['tools_listed']} tools listed")
+    print(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory", action="store_true")
     args = parser.parse_args()
+    if args.memory:
+        memory()
+        return
     pin_self(LOAD_CPU)
     issuer = Issuer()
     with Processes("bench-gateway-") as procs:
