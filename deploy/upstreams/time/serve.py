@@ -1,10 +1,12 @@
-"""Integration tests only: PyPI's mcp-server-time over streamable HTTP.
+"""PyPI's mcp-server-time over streamable HTTP: the example upstream of `make up` and an
+upstream of the integration tests.
 
 mcp-server-time speaks only stdio; this serves the very server it builds
 (`mcp_server_time.server.create_server`) with the same SDK's own streamable HTTP app, so
-the tools, schemas and answers are the package's. A recorder in front prints each request
-it receives (method, path, headers, JSON-RPC method and tool name) as a JSON line, so a
-test can prove what the gateway sent and what it never sent.
+the tools, schemas and answers are the package's. With RECORD_REQUESTS=1 (the test stack
+only: it prints request headers, credentials included) a recorder in front prints each
+request it receives (method, path, headers, JSON-RPC method and tool name) as a JSON
+line, so a test can prove what the gateway sent and what it never sent.
 """
 
 import json
@@ -63,7 +65,8 @@ def main() -> None:
     )
     port = int(os.environ.get("PORT", "3002"))
     print(json.dumps({"record": "start", "port": port}), file=sys.stderr, flush=True)
-    uvicorn.run(recorder(app), host="0.0.0.0", port=port, log_level="warning")  # noqa: S104
+    served = recorder(app) if os.environ.get("RECORD_REQUESTS") == "1" else app
+    uvicorn.run(served, host="0.0.0.0", port=port, log_level="warning")  # noqa: S104
 
 
 if __name__ == "__main__":
