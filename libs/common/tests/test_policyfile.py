@@ -143,7 +143,7 @@ def test_the_shipped_example_and_test_policies_are_valid() -> None:
     example = load_policy(root / "policy.example.yaml", environ={})
     assert example.prefix_of("time") == "time"
     secrets = {"EVERYTHING_TOKEN": "t"}
-    text = (root / "test-upstreams" / "policy.yaml").read_text()
+    text = (root / "upstreams" / "policy.test.yaml").read_text()
     # The test policy reads its time key from a file that only the test stack mounts.
     text = text.replace("${file:/run/bastion-time-key}", "${env:TIME_KEY}")
     test = parse_policy(text, environ={**secrets, "TIME_KEY": "k"})
