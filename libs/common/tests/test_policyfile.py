@@ -110,9 +110,12 @@ def test_credentials_in_the_url_and_transport_headers_are_refused() -> None:
 mcpServers:
   a: {url: "http://user:pw@a/mcp"}
   b: {url: "http://b/mcp", headers: {Mcp-Session-Id: "${env:S}"}}
+  c: {url: "https://c/mcp?region=eu&api_key=sk-live-123456"}
 """
     problems = _problems(text, S="x")
     assert any("mcpServers.a" in p and "must not carry credentials" in p for p in problems)
+    assert any("mcpServers.c" in p and "'api_key' looks like a credential" in p for p in problems)
+    assert not any("sk-live" in p for p in problems)
     assert any("mcpServers.b" in p and "set by the MCP transport" in p for p in problems)
 
 

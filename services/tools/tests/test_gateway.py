@@ -191,7 +191,8 @@ async def test_credentials_in_a_result_are_redacted_and_the_redaction_recorded(
     result = reply.json()["result"]
     assert result["structuredContent"]["env"] == {"TOKEN": "[redacted]", "HOME": "/home/up"}
     event = await wait_for_event(redis_url, "tool.output_redacted", tool="up_leak")
-    assert event.details["kinds"] == ["aws_access_key", "jwt"] and event.details["count"] == 3
+    # Two in the text, one in the structured content, one in the result's _meta.
+    assert event.details["kinds"] == ["aws_access_key", "jwt"] and event.details["count"] == 4
     assert FAKE_JWT not in event.model_dump_json()
 
 

@@ -62,7 +62,7 @@ class TestUpstream:
             return CallToolResult(
                 content=[TextContent(type="text", text=f"token={FAKE_JWT} aws={FAKE_AWS}")],
                 structured_content={"env": {"TOKEN": FAKE_JWT, "HOME": "/home/up"}},
-                meta=None,
+                _meta={"trace": f"sent with Bearer {FAKE_JWT}"},
             )
 
         async def bad_shape(args: dict[str, Any]) -> CallToolResult:

@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import (
@@ -46,6 +46,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from bastion_common.logging import is_sensitive_key
 
 __all__ = [
     "PERMISSION_PATTERN",
@@ -174,6 +176,12 @@ class UpstreamPolicy(_Strict):
             raise ValueError("url must be an http:// or https:// URL with a host")
         if parts.username is not None or parts.password is not None:
             raise ValueError("url must not carry credentials: put them in headers as references")
+        for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+            if is_sensitive_key(name):
+                raise ValueError(
+                    f"url query parameter {name[:32]!r} looks like a credential: put it in"
+                    " headers as a reference"
+                )
         for name in self.headers:
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"header name {name[:64]!r} is not a valid HTTP header name")

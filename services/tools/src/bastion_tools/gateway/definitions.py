@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from jsonschema.protocols import Validator
@@ -63,8 +64,10 @@ class GatewayTool:
     arguments: Validator = field(compare=False, repr=False)
     output: Validator | None = field(compare=False, repr=False)
 
+    @cached_property
     def listed(self) -> Tool:
-        """The definition as this gateway lists it: the upstream's, under the exposed name."""
+        """The definition as this gateway lists it: the upstream's, under the exposed name
+        (built once: a listing of hundreds of upstream tools must not rebuild each)."""
         return Tool.model_validate({**self.definition, "name": self.name})
 
 

@@ -89,7 +89,7 @@ class GatewayForwarder:
         return result
 
     def _listed(self, result: HandlerResult) -> HandlerResult:
-        extra = [tool.listed() for tool in self._gateway.tools.values()]
+        extra = [tool.listed for tool in self._gateway.tools.values()]
         if not extra:
             return result
         if isinstance(result, ListToolsResult):

@@ -15,8 +15,8 @@ from bastion_tools.gateway.schemas import problems
 
 __all__ = ["output_problems", "redacted"]
 
-# Content fields that hold text a person or a model reads; base64 blobs are left alone.
-_TEXT_FIELDS = frozenset({"text", "uri", "title", "description", "name"})
+# Base64 payloads (images, audio, blobs): not text a credential pattern could be read in.
+_BINARY_FIELDS = frozenset({"blob", "data"})
 
 
 def output_problems(tool: GatewayTool, result: CallToolResult) -> list[dict[str, str]]:
@@ -30,40 +30,25 @@ def output_problems(tool: GatewayTool, result: CallToolResult) -> list[dict[str,
 
 
 def redacted(result: CallToolResult) -> tuple[CallToolResult, list[str]]:
-    """`result` with credentials replaced, and the kind of each one removed."""
+    """`result` with credentials replaced in every string it carries (content, structured
+    content, `_meta`, annotations), and the kind of each one removed."""
     kinds: list[str] = []
-    wire = result.model_dump(mode="json", by_alias=True, exclude_none=True)
-    wire["content"] = [_content(block, kinds) for block in wire.get("content", [])]
-    if "structuredContent" in wire:
-        wire["structuredContent"] = _walk(wire["structuredContent"], kinds)
+    wire = _walk(result.model_dump(mode="json", by_alias=True, exclude_none=True), kinds)
     if not kinds:
         return result, kinds
     return CallToolResult.model_validate(wire), kinds
 
 
-def _content(block: Any, kinds: list[str]) -> Any:
-    if not isinstance(block, dict):
-        return block
-    out = dict(block)
-    for key, value in block.items():
-        if key in _TEXT_FIELDS and isinstance(value, str):
-            out[key] = _text(value, kinds)
-        elif key == "resource" and isinstance(value, dict):
-            out[key] = _content(value, kinds)
-    return out
-
-
 def _walk(value: Any, kinds: list[str]) -> Any:
     if isinstance(value, str):
-        return _text(value, kinds)
+        cleaned, found = find_credentials(value)
+        kinds += found
+        return cleaned
     if isinstance(value, list):
         return [_walk(item, kinds) for item in value]
     if isinstance(value, dict):
-        return {key: _walk(item, kinds) for key, item in value.items()}
+        return {
+            key: item if key in _BINARY_FIELDS else _walk(item, kinds)
+            for key, item in value.items()
+        }
     return value
-
-
-def _text(value: str, kinds: list[str]) -> str:
-    cleaned, found = find_credentials(value)
-    kinds += found
-    return cleaned
