@@ -69,6 +69,7 @@ class UpstreamLink:
         self._wake = anyio.Event()
         self._broken = False
         self.settled = anyio.Event()  # set once the first attempt connected or failed
+        self._listing = anyio.Lock()  # one listing at a time: the last one listed wins
 
     # --- the supervisor ------------------------------------------------------------
 
@@ -135,16 +136,17 @@ class UpstreamLink:
         client = self._client
         if client is None:
             return
-        tools: list[types.Tool] = []
-        cursor: str | None = None
-        with anyio.fail_after(self.policy.timeout_seconds):
-            for _ in range(_MAX_PAGES):
-                page = await client.list_tools(cursor=cursor)
-                tools.extend(page.tools)
-                cursor = page.next_cursor
-                if cursor is None:
-                    break
-        await self._on_listing(self, tools)
+        async with self._listing:
+            tools: list[types.Tool] = []
+            cursor: str | None = None
+            with anyio.fail_after(self.policy.timeout_seconds):
+                for _ in range(_MAX_PAGES):
+                    page = await client.list_tools(cursor=cursor)
+                    tools.extend(page.tools)
+                    cursor = page.next_cursor
+                    if cursor is None:
+                        break
+            await self._on_listing(self, tools)
 
     # --- calls ---------------------------------------------------------------------
 
