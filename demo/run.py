@@ -124,6 +124,26 @@ async def main(env_path: Path) -> None:
     for role in users:
         console.print(f"  {role}: token scopes [dim]{tokens[role]['scope']}[/]")
 
+    console.print(Panel.fit("Gateway: mcp-server-time (PyPI) behind Bastion, as the user"))
+    mcp = McpHttp(tools_uri, tokens["user"]["access_token"])
+    async with httpx2.AsyncClient(timeout=15) as http:
+        await mcp.initialize(http)
+        names = [tool["name"] for tool in (await mcp.list_tools(http)).result["tools"]]
+        upstream = sorted(name for name in names if name not in TOOL_CALLS)
+        console.print(f"upstream tools listed: {', '.join(upstream) or 'none'}")
+        if "time_get_current_time" in upstream:
+            reply = await mcp.call_tool(http, "time_get_current_time", {"timezone": "Asia/Tokyo"})
+            shown = (reply.result.get("structuredContent") or {}) if reply.error is None else {}
+            console.print(
+                f"gateway: time_get_current_time {outcome(reply)[0]}"
+                f" ({shown.get('datetime', '-')} in Tokyo)"
+            )
+            bad = await mcp.call_tool(http, "time_get_current_time", {"timezone": 5})
+            console.print(
+                f"gateway: bad arguments {outcome(bad)[0]} {outcome(bad)[1]}"
+                " (checked against the pinned schema; never sent upstream)"
+            )
+
     console.print(Panel.fit("Rate limit: the guest calls get_weather until refused"))
     mcp = McpHttp(tools_uri, tokens["guest"]["access_token"])
     async with httpx2.AsyncClient(timeout=15) as http:

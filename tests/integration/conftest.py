@@ -104,6 +104,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         fh.write(f"IDJAG_PORT={base + IDJAG_PORT_OFFSET}\n")
         fh.write(f"GITHUB_CLIENT_SECRET={secrets.token_urlsafe(32)}\n")
         fh.write(f"IDJAG_CLIENT_SECRET={secrets.token_urlsafe(32)}\n")
+        # The gateway's upstreams (test_gateway.py): the credential tools sends each one,
+        # and a JWT-shaped value in everything's environment for get-env to leak.
+        fh.write(f"EVERYTHING_TOKEN=ev-{secrets.token_urlsafe(24)}\n")
+        time_key = tmp_path_factory.mktemp("upstreams") / "time-key"
+        time_key.write_text(f"tk-{secrets.token_urlsafe(24)}\n")
+        time_key.chmod(0o644)  # read by the tools container's user
+        fh.write(f"TIME_KEY_FILE={time_key}\n")
+        fake = "eyJhbGciOiJFUzI1NiJ9." + secrets.token_urlsafe(24) + "." + secrets.token_urlsafe(32)
+        fh.write(f"UPSTREAM_FAKE_JWT={fake}\n")
     os.environ["COMPOSE_PROJECT_NAME"] = project
     compose = DockerCompose(
         DEPLOY,

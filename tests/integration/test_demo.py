@@ -76,6 +76,12 @@ def test_the_demo_shows_a_rate_limit_refusal(demo_output: str) -> None:
     assert int(match.group(1)) > 1 and int(match.group(2)) >= 1
 
 
+def test_the_demo_shows_a_third_party_server_behind_the_gateway(demo_output: str) -> None:
+    assert re.search(r"upstream tools listed: .*time_get_current_time", demo_output)
+    assert re.search(r"gateway: time_get_current_time allowed \(\d{4}-", demo_output)
+    assert "gateway: bad arguments rejected invalid arguments" in demo_output
+
+
 def test_the_demo_shows_a_revocation_taking_effect(demo_output: str) -> None:
     assert "revoke -> 200" in demo_output
     assert re.search(r"call after revocation -> 401 .*invalid_token", demo_output)

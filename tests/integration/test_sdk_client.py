@@ -31,6 +31,7 @@ from tests.integration.audit_api import AuditApi, now
 from tests.integration.browser import BrowserResult, HeadlessBrowser
 from tests.integration.conftest import ACCESS_TOKEN_TTL, CIMD_HOST, Stack
 from tests.integration.oauth import REDIRECT_URI
+from tests.integration.test_gateway import GATEWAY_PREFIXES
 from tests.integration.test_roles import TOOL_PERMISSION
 from tests.integration.tls import DocumentServer
 
@@ -131,7 +132,8 @@ async def test_the_sdk_client_discovers_registers_logs_in_and_calls_tools(stack:
     # tools/list shows exactly what the granted scopes allow.
     granted = set(claims["scope"].split())
     assert granted <= set(ALL_PERMISSIONS)
-    assert names == {tool for tool, perm in TOOL_PERMISSION.items() if perm in granted}
+    builtin = {name for name in names if not name.startswith(GATEWAY_PREFIXES)}
+    assert builtin == {tool for tool, perm in TOOL_PERMISSION.items() if perm in granted}
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:

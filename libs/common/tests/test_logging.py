@@ -100,3 +100,25 @@ def test_the_shortcut_for_letters_and_digits_agrees_with_the_patterns() -> None:
         assert redact_text(text) == _SENSITIVE_VALUE.sub(REDACTED, text), text
     assert redact_text(f"Bearer {JWT}") == REDACTED
     assert redact_text("bearerabc123") == "bearerabc123"
+
+
+def test_find_credentials_removes_each_kind_and_names_it_never_the_value() -> None:
+    from bastion_common.logging import find_credentials
+
+    marker = "OPENSSH PRIVATE KEY-----"
+    pem = f"-----BEGIN {marker}\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END {marker}"
+    text = (
+        f"key:\n{pem}\nAuthorization: Bearer abc.def-123456 and mcp_{'k' * 32} "
+        f"ghp_{'A' * 36} AIza{'b' * 35} xoxb-1234567890-abc sk_live_{'c' * 24}"
+    )
+    cleaned, kinds = find_credentials(text)
+    assert sorted(kinds) == sorted(
+        ["private_key", "bearer", "api_key", "github_token", "google_api_key", "slack_token",
+         "stripe_key"]
+    )  # fmt: skip
+    for secret in ("b3BlbnNzaC1rZXktdjEAAAAA", "abc.def-123456", "k" * 32, "A" * 36):
+        assert secret not in cleaned
+    assert find_credentials("a plain sentence, AKIA-like but not: AKIA123") == (
+        "a plain sentence, AKIA-like but not: AKIA123",
+        [],
+    )

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -39,3 +40,31 @@ def test_tools_does_not_start_with_a_shared_token_secret() -> None:
     assert done.returncode == 2
     assert "TOOLS_TOKEN_SHARED_SECRET: Value error, HS256 mode is not supported" in done.stderr
     assert "Traceback" not in done.stderr and HS_SECRET not in done.stderr
+
+
+def test_tools_does_not_start_with_a_bad_policy_file(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "mcpServers:\n"
+        "  a: {url: 'http://a/mcp', headers: {Authorization: 'Bearer sk-inline-0123456789'}}\n"
+        "  b: {url: 'http://b/mcp', pinning: never, headers: {X-K: '${env:MISSING_KEY}'}}\n"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "TOOLS_CLIENT_SECRET": CLIENT_SECRET,
+        "TOOLS_POLICY_FILE": str(policy),
+    }
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "bastion_tools"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert lines[0] == "TOOLS_POLICY_FILE: the policy file is invalid:"
+    assert any(f"{policy}: mcpServers.a.headers.Authorization: must be" in line for line in lines)
+    assert any(f"{policy}: mcpServers.b.pinning:" in line for line in lines)
+    assert "Traceback" not in done.stderr and "sk-inline" not in done.stderr

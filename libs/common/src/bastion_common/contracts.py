@@ -89,6 +89,13 @@ EventType = Literal[
     "tool.called",
     "tool.invalid_params",
     "request.invalid",
+    "tool.pinned",
+    "tool.held",
+    "tool.approved",
+    "tool.definition_changed",
+    "tool.definition_refused",
+    "tool.output_redacted",
+    "tool.output_invalid",
     "apikey.created",
     "apikey.rotated",
     "apikey.revoked",
@@ -126,6 +133,17 @@ EVENT_TYPES: Final[dict[EventType, str]] = {
     "tool.invalid_params": "a tool call was refused for invalid arguments",
     "request.invalid": "an MCP request was refused before any tool ran: not JSON, too large, "
     "too many messages, or a session that is unknown or belongs to another credential",
+    "tool.pinned": "the gateway pinned an upstream tool's definition on first sight",
+    "tool.held": "an upstream tool's definition changed, or a new tool appeared on a known "
+    "upstream: it is held (not listed, calls refused) until an admin approves it",
+    "tool.approved": "an admin approved a held upstream tool definition (digest in details)",
+    "tool.definition_changed": "an upstream tool's definition changed and was re-pinned "
+    "without approval (pinning mode auto)",
+    "tool.definition_refused": "an upstream tool was not served: its schemas cannot be used",
+    "tool.output_redacted": "credentials were removed from an upstream tool's result "
+    "(their kinds and count in details, never the values)",
+    "tool.output_invalid": "an upstream tool's result did not match its pinned output "
+    "schema and was not passed on",
     "apikey.created": "an API key was created",
     "apikey.rotated": "an API key was rotated",
     "apikey.revoked": "an API key was revoked",

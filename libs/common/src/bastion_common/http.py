@@ -58,7 +58,10 @@ RESPONSE_STATUS_KEY = "bastion.response_status"
 _SERVER_ERROR = b'{"error":"server_error","error_description":"internal error"}'
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
-ReadinessCheck = Callable[[], Awaitable[None]]
+# A check raises when its dependency does not answer (not ready), or returns None ("ok")
+# or a status to report that does not make the service unready (an upstream MCP server
+# that is down leaves the built-in tools serving).
+ReadinessCheck = Callable[[], Awaitable[str | None]]
 
 
 def _route_label(scope: Scope, fixed: str | None = None) -> str:
@@ -172,8 +175,7 @@ def ops_router(checks: Callable[[], Sequence[tuple[str, ReadinessCheck]]]) -> AP
         ready = True
         for name, check in checks():
             try:
-                await check()
-                results[name] = "ok"
+                results[name] = await check() or "ok"
             except Exception as exc:  # noqa: BLE001 - any failure means not ready
                 ready = False
                 results[name] = f"unavailable ({type(exc).__name__})"

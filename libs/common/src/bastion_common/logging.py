@@ -23,6 +23,7 @@ import structlog
 __all__ = [
     "REDACTED",
     "configure_logging",
+    "find_credentials",
     "get_logger",
     "is_sensitive_key",
     "logs_at",
@@ -47,6 +48,23 @@ _SENSITIVE_VALUE = re.compile(
     r"(mcp_[A-Za-z0-9_-]{16,}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*|"
     r"(?i:bearer)\s+\S+)"
 )
+# What `find_credentials` looks for in text that leaves the system (tool results): the
+# log patterns above, and the shapes of private keys and common cloud credentials.
+_CREDENTIALS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("private_key", re.compile(
+        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+        r".*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\Z)",
+        re.DOTALL,
+    )),
+    ("jwt", re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")),
+    ("api_key", re.compile(r"mcp_[A-Za-z0-9_-]{16,}")),
+    ("bearer", re.compile(r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}")),
+    ("aws_access_key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("github_token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})")),
+    ("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}")),
+    ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
+    ("stripe_key", re.compile(r"\b[sr]k_live_[A-Za-z0-9]{16,}")),
+)  # fmt: skip
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _configured_level = logging.NOTSET  # until configure_logging runs, structlog logs all
 # Keys whose names match the pattern above but carry no secret.
@@ -78,6 +96,16 @@ def redact_text(value: str) -> str:
     if value.isalnum():
         return value
     return _SENSITIVE_VALUE.sub(REDACTED, value)
+
+
+def find_credentials(value: str) -> tuple[str, list[str]]:
+    """`value` with credentials replaced by REDACTED, and the kind of each one found
+    (never the credential). Broader than `redact_text`, which runs on every log line."""
+    kinds: list[str] = []
+    for kind, pattern in _CREDENTIALS:
+        value, found = pattern.subn(REDACTED, value)
+        kinds += [kind] * found
+    return value, kinds
 
 
 @functools.lru_cache(maxsize=4096)

@@ -20,10 +20,13 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Route
 
+from bastion_common.policyfile import Policy
 from bastion_common.redis import create_redis
 from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
 from bastion_tools.apikeys import ApiKeyVerifier
+from bastion_tools.gateway import Gateway, GatewayForwarder, GatewayRecord, PinStore, Rules
+from bastion_tools.gateway import admin_router as gateway_admin_router
 from bastion_tools.guard import BearerAuthenticator, Guard, GuardConfig, GuardDeps
 from bastion_tools.metadata import SCOPES_SUPPORTED, metadata_router
 from bastion_tools.policy import ToolCallPolicy
@@ -67,7 +70,9 @@ def guard_config(settings: Settings) -> GuardConfig:
     )
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, policy: Policy | None = None) -> FastAPI:
+    """`policy` is the validated policy file (`__main__` loads it); None: no upstreams."""
+    policy = policy or Policy()
     guard = Guard(guard_config(settings))
 
     @asynccontextmanager
@@ -125,10 +130,14 @@ def create_app(settings: Settings) -> FastAPI:
                 costs=settings.tool_costs,
                 max_bytes=settings.max_file_bytes,
             )
+            gateway = Gateway(
+                policy, PinStore(state.redis), GatewayRecord(auditor), frozenset(catalog)
+            )
+            rules = Rules(catalog, gateway)
             mcp: MCPServer[object] = MCPServer(
                 name="bastion-tools",
                 tools=[spec.tool for spec in catalog.values()],
-                middleware=[ToolCallPolicy(catalog, auditor)],
+                middleware=[ToolCallPolicy(rules, auditor), GatewayForwarder(gateway)],
             )
             # Host/Origin are checked by the guard (with audit), not twice.
             mcp.streamable_http_app(
@@ -140,8 +149,11 @@ def create_app(settings: Settings) -> FastAPI:
             )
             manager = mcp.session_manager
             limiter = RateLimiter(state.redis)
+            authenticator = BearerAuthenticator(validator, apikeys)
             state.extra.update(validator=validator, upstream=upstream, apikeys=apikeys,
-                               catalog=catalog, mcp=mcp)  # fmt: skip
+                               catalog=catalog, mcp=mcp, gateway=gateway,
+                               authenticator=authenticator)  # fmt: skip
+            state.checks.extend((f"upstream:{name}", gateway.check(name)) for name in gateway.links)
             try:
                 async with manager.run(), anyio.create_task_group() as tasks:
                     if apikeys is not None:
@@ -149,10 +161,10 @@ def create_app(settings: Settings) -> FastAPI:
                         tasks.start_soon(apikeys.listen, state.redis, ready)
                         with anyio.move_on_after(2):
                             await ready.wait()
+                    tasks.start_soon(gateway.run)
+                    await gateway.settle(settings.gateway_settle_seconds)
                     guard.bind(
-                        manager.handle_request,
-                        catalog,
-                        GuardDeps(BearerAuthenticator(validator, apikeys), limiter, auditor),
+                        manager.handle_request, rules, GuardDeps(authenticator, limiter, auditor)
                     )
                     try:
                         yield
@@ -172,7 +184,11 @@ def create_app(settings: Settings) -> FastAPI:
         audit_linger=settings.audit_linger_seconds,
     )
     app.include_router(metadata_router(settings))
+    app.include_router(gateway_admin_router())
     app.router.routes.append(Route(settings.mcp_path, endpoint=guard, name="mcp"))
-    # The SDK logs each session and tool failure at INFO; our audit events cover those.
+    # The SDK logs each session and tool failure at INFO, and httpx2 each request the
+    # gateway forwards; our audit events and metrics cover those, and a JSON line per
+    # forwarded call costs each call more CPU than its forwarding does.
     logging.getLogger("mcp").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     return app

@@ -114,9 +114,12 @@ class ToolCallPolicy:
             if ran:
                 elapsed = time.perf_counter() - started
                 _tool_latency(name, outcome).observe(elapsed)
+                # Gateway tools (`gateway.definitions.GatewayTool`) name their upstream.
+                upstream = getattr(rule, "upstream", None)
+                extra = {"upstream": upstream} if upstream is not None else {}
                 self._auditor.emit(
                     "tool.called", outcome, principal=principal, ip=ip, tool=name,
-                    arguments=arguments, latency_ms=round(elapsed * 1000, 3),
+                    arguments=arguments, latency_ms=round(elapsed * 1000, 3), **extra,
                 )  # fmt: skip
 
 

@@ -77,6 +77,12 @@ class Settings(ServiceSettings):
     json_response: bool = True
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     upstream_timeout: float = Field(default=5.0, gt=0, le=30)
+    # The policy file (docs/gateway.md): MCP servers behind the gateway and their tool
+    # rules. Unset: no upstreams, the built-in tools only.
+    policy_file: str | None = None
+    # At start-up, how long the MCP endpoint waits for upstreams to be listed before it
+    # serves (the built-in tools) anyway; upstreams that come later are listed then.
+    gateway_settle_seconds: float = Field(default=5.0, ge=0, le=60)
 
     @property
     def resource_uri(self) -> str:

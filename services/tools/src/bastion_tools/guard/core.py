@@ -34,7 +34,7 @@ from bastion_tools.guard.body import read_body, replay
 from bastion_tools.guard.limits import IpThrottle, Plan, Plans, judge, state_unavailable
 from bastion_tools.guard.rbac import ToolRule, read_calls, step_up
 from bastion_tools.guard.refusals import Note, Refusal, bearer_challenge, rpc_error
-from bastion_tools.guard.transport import check_transport
+from bastion_tools.guard.transport import check_routing_headers, check_transport
 from bastion_tools.ratelimit import Decision, LimiterUnavailable, RateLimiter
 from bastion_tools.store import ip_bucket_key
 
@@ -126,6 +126,9 @@ class Guard:
                     receive, headers.get("content-length"), config.max_body_bytes
                 )
             calls = read_calls(body, self.rules)
+            check_routing_headers(
+                headers.get("mcp-method"), headers.get("mcp-name"), calls.method, calls.first_tool
+            )
         except Refusal as refusal:
             refusal.note = Note(
                 "request.invalid",

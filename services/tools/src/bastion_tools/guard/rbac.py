@@ -48,6 +48,8 @@ class Calls(NamedTuple):
     rules: tuple[ToolRule, ...]
     first_tool: str | None
     unparsable: bool = False
+    # The method of a single (non-batch) message, for the SEP-2243 header check.
+    method: str | None = None
 
 
 def read_calls(body: bytes, rules: Mapping[str, ToolRule]) -> Calls:
@@ -63,6 +65,7 @@ def read_calls(body: bytes, rules: Mapping[str, ToolRule]) -> Calls:
     except ValueError:
         return Calls(1, (), None, unparsable=True)
     messages = parsed if isinstance(parsed, list) else [parsed]
+    single = parsed.get("method") if isinstance(parsed, dict) else None
     if len(messages) > MAX_BATCH:
         raise Refusal(400, rpc_error("too many messages in one batch", -32600), reason="batch")
     cost = 0
@@ -77,7 +80,8 @@ def read_calls(body: bytes, rules: Mapping[str, ToolRule]) -> Calls:
             cost += rule.cost
         else:
             cost += 1
-    return Calls(max(1, cost), tuple(found), first)
+    return Calls(max(1, cost), tuple(found), first,
+                 method=single if isinstance(single, str) else None)  # fmt: skip
 
 
 def _called_tool(message: Any) -> str | None:

@@ -1,0 +1,292 @@
+"""The policy file: which MCP servers sit behind the gateway, and the rules for their tools.
+
+YAML (so a JSON client config pastes as it is). Upstreams are the `mcpServers` object of
+Claude Desktop, Cursor and VS Code configs (`{"name": {"url": ..., "headers": {...}}}`),
+with Bastion's own fields beside `url` (docs/gateway.md):
+
+```yaml
+version: 1
+mcpServers:
+  time:
+    url: http://time:3002/mcp
+    headers: {Authorization: "Bearer ${env:TIME_TOKEN}"}
+    prefix: time                      # tools are exposed as time_<tool>
+    permissions: {read: time:read, write: time:write}
+    tools: {convert_time: {permission: time:read, cost: 2}, delete_all: {deny: true}}
+    timeout_seconds: 10
+    max_concurrency: 8
+    pinning: approve                  # approve | auto | off
+    redact: true
+```
+
+Header values are only secret references, `${env:NAME}` or `${file:/path}` (optionally
+after a scheme word: `Bearer ${env:NAME}`), never inline; they are resolved once, at
+start-up, and held as `SecretStr`. `load_policy` reads, validates and resolves the file,
+or raises `PolicyError` with one line per problem naming the place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bastion_common.logging import is_sensitive_key
+
+__all__ = [
+    "PERMISSION_PATTERN",
+    "PREFIX_PATTERN",
+    "Pinning",
+    "Policy",
+    "PolicyError",
+    "ToolPolicy",
+    "UpstreamPermissions",
+    "UpstreamPolicy",
+    "load_policy",
+    "parse_policy",
+]
+
+PREFIX_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+PERMISSION_PATTERN = r"^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$"
+_SECRET_REF = re.compile(
+    r"^(?:(?P<scheme>[A-Za-z][A-Za-z0-9-]*) )?\$\{(?P<kind>env|file):(?P<target>[^}]+)\}$"
+)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+# Headers the MCP transport owns: a policy file must not set them.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "accept",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "last-event-id",
+    }
+)
+
+Pinning = Literal["approve", "auto", "off"]
+
+
+class PolicyError(Exception):
+    """The policy file cannot be used; `problems` is one line per problem, naming the place."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _secret_reference(value: str) -> str:
+    match = _SECRET_REF.match(value)
+    if match is None:
+        raise ValueError(
+            "must be a secret reference such as ${env:NAME} or 'Bearer ${file:/run/secrets/x}',"
+            " never a literal value"
+        )
+    kind, target = match["kind"], match["target"]
+    if kind == "env" and not _ENV_NAME.match(target):
+        raise ValueError("${env:NAME} needs a variable name (letters, digits, _)")
+    if kind == "file" and not target.startswith("/"):
+        raise ValueError("${file:PATH} needs an absolute path")
+    return value
+
+
+SecretReference = Annotated[str, AfterValidator(_secret_reference)]
+Permission = Annotated[str, Field(pattern=PERMISSION_PATTERN, max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolPolicy(_Strict):
+    """What the file says of one upstream tool; unset fields take the upstream's defaults."""
+
+    permission: Permission | None = None
+    cost: int = Field(default=1, ge=1, le=1000)
+    deny: bool = False
+
+
+class UpstreamPermissions(_Strict):
+    """Permissions for tools the file names no permission for: `read` for tools whose
+    annotations say `readOnlyHint`, `write` for every other. Default `<prefix>:read` and
+    `<prefix>:write`."""
+
+    read: Permission | None = None
+    write: Permission | None = None
+
+
+class UpstreamPolicy(_Strict):
+    # The mcpServers fields (a remote server: url, headers; `type` as clients write it).
+    url: str
+    type: Literal["http", "streamable-http", "streamableHttp"] | None = None
+    headers: dict[str, SecretReference] = Field(default_factory=dict)
+    # Bastion's own.
+    prefix: str | None = Field(default=None, pattern=PREFIX_PATTERN)
+    permissions: UpstreamPermissions = Field(default_factory=UpstreamPermissions)
+    tools: dict[str, ToolPolicy] = Field(default_factory=dict)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    max_concurrency: int = Field(default=8, ge=1, le=1024)
+    pinning: Pinning = "approve"
+    redact: bool = True
+    refresh_seconds: float = Field(default=300.0, ge=1, le=86400)
+    breaker_failures: int = Field(default=5, ge=1, le=1000)
+    breaker_reset_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    _secret_headers: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    @field_validator("pinning", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off` as false: `pinning: off` means "off".
+        return "off" if value is False else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _remote_only(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "command" in data:
+            raise ValueError(
+                "stdio servers (command, args) are not supported yet: give the server's url"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _checked(self) -> UpstreamPolicy:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("url must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("url must not carry credentials: put them in headers as references")
+        for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+            if is_sensitive_key(name):
+                raise ValueError(
+                    f"url query parameter {name[:32]!r} looks like a credential: put it in"
+                    " headers as a reference"
+                )
+        for name in self.headers:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name[:64]!r} is not a valid HTTP header name")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"header {name} is set by the MCP transport, not the policy")
+        return self
+
+    @property
+    def secret_headers(self) -> Mapping[str, SecretStr]:
+        """The headers with their references resolved (filled by `load_policy`)."""
+        return self._secret_headers
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    mcp_servers: dict[str, UpstreamPolicy] = Field(default_factory=dict, alias="mcpServers")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _prefixes(self) -> Policy:
+        seen: dict[str, str] = {}
+        for name, upstream in self.mcp_servers.items():
+            prefix = upstream.prefix or name
+            if not re.match(PREFIX_PATTERN, prefix):
+                raise ValueError(
+                    f"mcpServers.{name}: the name is not a valid prefix (lower-case letters,"
+                    " digits, '-'): set prefix"
+                )
+            if prefix in seen:
+                raise ValueError(f"mcpServers.{name}: prefix {prefix!r} is also {seen[prefix]}'s")
+            seen[prefix] = name
+        return self
+
+    def prefix_of(self, name: str) -> str:
+        return self.mcp_servers[name].prefix or name
+
+
+def parse_policy(
+    text: str, *, source: str = "policy", environ: Mapping[str, str] | None = None
+) -> Policy:
+    """Validate `text` (YAML or JSON) and resolve its secret references."""
+    try:
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise PolicyError([f"{source}: {where}: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError([f"{source}: the file must be a mapping (version, mcpServers)"])
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError([_line(source, error) for error in exc.errors()]) from None
+    problems: list[str] = []
+    env = os.environ if environ is None else environ
+    for name, upstream in policy.mcp_servers.items():
+        for header, reference in upstream.headers.items():
+            place = f"{source}: mcpServers.{name}.headers.{header}"
+            value = _resolve(reference, env, place, problems)
+            if value is not None:
+                upstream._secret_headers[header] = SecretStr(value)
+    if problems:
+        raise PolicyError(problems)
+    return policy
+
+
+def load_policy(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Policy:
+    """`parse_policy` of the file at `path`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError([f"{path}: cannot be read ({type(exc).__name__})"]) from None
+    return parse_policy(text, source=str(path), environ=environ)
+
+
+def _line(source: str, error: Any) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{source}: {loc}: {message}" if loc else f"{source}: {message}"
+
+
+def _resolve(reference: str, env: Mapping[str, str], place: str, problems: list[str]) -> str | None:
+    """The header value `reference` names; a problem (never the value) when it cannot be had."""
+    match = _SECRET_REF.match(reference)
+    assert match is not None  # noqa: S101 - validated by SecretReference
+    kind, target, scheme = match["kind"], match["target"], match["scheme"]
+    if kind == "env":
+        secret = env.get(target)
+        if not secret:
+            problems.append(f"{place}: environment variable {target} is not set")
+            return None
+    else:
+        try:
+            secret = Path(target).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{place}: {target} cannot be read ({type(exc).__name__})")
+            return None
+        if not secret:
+            problems.append(f"{place}: {target} is empty")
+            return None
+    if any(ch in secret for ch in "\r\n\0"):
+        problems.append(f"{place}: the secret contains a line break or NUL")
+        return None
+    return f"{scheme} {secret}" if scheme else secret
