@@ -44,9 +44,11 @@ from redis.exceptions import RedisError
 from bastion_common.contracts import EVENT_TYPES, EventType
 from bastion_common.logging import get_logger, new_id, redact, request_id_var
 from bastion_common.redis import OwnConnection
+from bastion_common.redisacl import Grant
 
 __all__ = [
     "AUDIT_STREAM",
+    "PUBLISH_GRANT",
     "EVENT_TYPES",
     "EventType",
     "SCHEMA_VERSION",
@@ -58,6 +60,8 @@ __all__ = [
 ]
 
 AUDIT_STREAM = "audit:events"
+# A publisher may only append to the stream: never read, delete, ack or trim it.
+PUBLISH_GRANT = Grant(AUDIT_STREAM, "W", only=("xadd",))
 SCHEMA_VERSION: Literal[1] = 1
 Outcome = Literal["success", "failure", "denied", "error"]
 

@@ -26,13 +26,13 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from bastion_audit.redis_keys import DEAD_LETTER_STREAM
 from bastion_audit.store import AuditStore
 from bastion_common.audit import AUDIT_STREAM, AuditEvent, split_batch
 from bastion_common.logging import get_logger, redact
 
 __all__ = ["DEAD_LETTER_STREAM", "Collector", "StreamStats", "scrub"]
 
-DEAD_LETTER_STREAM = "audit:dead"
 log = get_logger(__name__)
 STORED = Counter("bastion_audit_events_stored_total", "Audit events stored")
 DEAD = Counter("bastion_audit_dead_letters_total", "Audit entries sent to the dead-letter stream")

@@ -8,6 +8,12 @@ never stored in clear.
 from __future__ import annotations
 
 import hashlib
+from typing import Final
+
+from bastion_common.audit import PUBLISH_GRANT
+from bastion_common.redisacl import CONNECTION, SCRIPTS, TRANSACTIONS, AclUser, Grant
+from bastion_common.subjects import SUBJECT_PATTERN
+from bastion_common.tokens import DENYLIST_PATTERN
 
 __all__ = [
     "ACCESS_RECORD",
@@ -27,8 +33,10 @@ __all__ = [
     "FAMILY_JTIS",
     "LOCK_ACCOUNT_FAILS",
     "LOCK_ACCOUNT_UNTIL",
+    "KEY_PATTERN",
     "LOCK_IP_FAILS",
     "REFRESH",
+    "REDIS_ACL",
     "REFRESH_NEXT",
     "SESSION",
     "SESSION_TTL",
@@ -83,3 +91,17 @@ BOOTSTRAP_LOCK = "auth:bootstrap"  # first replica creates the bootstrap admin, 
 LOCK_ACCOUNT_FAILS = "auth:lock:acct_fails:{username}"  # failures in lockout_window
 LOCK_ACCOUNT_UNTIL = "auth:lock:acct_until:{username}"  # locked until its TTL ends
 LOCK_IP_FAILS = "auth:lock:ip_fails:{ip}"  # failures per client IP in lockout_window
+
+KEY_PATTERN: Final = "auth:*"  # every key above; tests check each name against it
+
+# auth's Redis user (bastion_common.redisacl): its own keys, the denylist and the subject
+# cut-offs it writes, and the audit stream, append only.
+REDIS_ACL: Final = AclUser(
+    "auth",
+    commands=(
+        *CONNECTION, *SCRIPTS, *TRANSACTIONS,
+        "get", "set", "getdel", "mget", "del", "exists", "expire", "incr", "decr",
+        "hget", "hmget", "hgetall", "hlen", "hset", "hdel", "sadd", "smembers", "scard",
+    ),
+    grants=(Grant(KEY_PATTERN), Grant(DENYLIST_PATTERN), Grant(SUBJECT_PATTERN), PUBLISH_GRANT),
+)  # fmt: skip
