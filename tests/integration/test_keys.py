@@ -29,23 +29,6 @@ for name in sorted(glob.glob("/data/appendonlydir/*.aof")):
     with open(name, "rb") as fh:
         sys.stdout.write(fh.read().decode("utf-8", "backslashreplace"))
 """
-import asyncio, os, sys
-from redis.asyncio import Redis
-async def main():
-    r = Redis.from_url(os.environ["REDIS_URL"])
-    out = []
-    async for k in r.scan_iter(count=1000):
-        t = (await r.type(k)).decode()
-        out.append(k)
-        if t == "string": out.append(await r.get(k) or b"")
-        elif t == "hash": out += [x for kv in (await r.hgetall(k)).items() for x in kv]
-        elif t == "set": out += list(await r.smembers(k))
-        elif t == "zset": out += await r.zrange(k, 0, -1)
-        elif t == "stream": out += [x for _, f in await r.xrange(k) for kv in f.items() for x in kv]
-    # Other services keep binary values: escape them so the output is text.
-    print("\\n".join(x.decode("utf-8", "backslashreplace") for x in out))
-asyncio.run(main())
-"""
 
 
 @pytest.fixture(scope="module")
