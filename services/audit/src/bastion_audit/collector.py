@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from bastion_audit.anchor import AnchorBook
 from bastion_audit.redis_keys import DEAD_LETTER_STREAM
 from bastion_audit.store import AuditStore
 from bastion_common.audit import AUDIT_STREAM, AuditEvent, split_batch
@@ -130,8 +131,10 @@ class Collector:
         claim_idle_ms: int = 30_000,
         claim_interval_s: float = 5.0,
         stream: str = AUDIT_STREAM,
+        anchors: AnchorBook | None = None,
     ) -> None:
         self._redis = redis
+        self._anchors = anchors
         self._store = store
         self._group = group
         self._consumer = consumer or socket.gethostname()
@@ -257,6 +260,13 @@ class Collector:
     ) -> int:
         stored = await asyncio.to_thread(self._store.add_batch, events) if events else 0
         STORED.inc(stored)
+        if self._anchors is not None and self._store.take_checkpointed():
+            # The checkpoint add_batch just wrote goes outside the database too. Should
+            # this fail, the maintenance loop anchors the newest checkpoint again within
+            # its interval.
+            newest = await asyncio.to_thread(self._store.newest_checkpoint)
+            if newest is not None:
+                await self._anchors.write(newest)
         # The dead letters and the acknowledgement travel together (MULTI), so a crash
         # cannot acknowledge an entry whose dead letter was not written.
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -12,7 +12,9 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import APIRouter, Query, Request
 
+from bastion_audit import anchor
 from bastion_audit.access import Viewer
+from bastion_audit.anchor import AnchorBook
 from bastion_audit.errors import ApiError
 from bastion_audit.report import Range, Thresholds, build_report
 from bastion_audit.signing import CheckpointSigner
@@ -84,4 +86,12 @@ async def verify(request: Request, _viewer: Viewer) -> dict[str, Any]:
     signer: CheckpointSigner = state.extra["signer"]
     retention: timedelta | None = state.extra.get("retention")
     result = await anyio.to_thread.run_sync(lambda: store.verify(signer, retention=retention))
-    return result.to_dict()
+    # What is there is intact; now whether anything was cut from the end (anchor.py).
+    anchors: AnchorBook = state.extra["anchors"]
+    found, unreadable = await anchors.read()
+    checked = await anyio.to_thread.run_sync(
+        lambda: anchor.check(
+            result, store, signer, found, unreadable, max_age=state.extra["max_anchor_age"]
+        )
+    )
+    return checked.to_dict()

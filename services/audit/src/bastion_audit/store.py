@@ -35,6 +35,7 @@ __all__ = [
     "GENESIS_HASH",
     "AuditStore",
     "BadRecord",
+    "Checkpoint",
     "EventFilter",
     "VerifyResult",
     "canonical_json",
@@ -139,6 +140,17 @@ class EventFilter:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A signed head of the chain: at `time`, record `seq` had hash `hash`."""
+
+    seq: int
+    hash: str
+    time: str
+    key_id: str
+    signature: str
+
+
+@dataclass(frozen=True)
 class BadRecord:
     seq: int
     reason: str
@@ -159,7 +171,7 @@ class VerifyResult:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.pop("problems")
+        out["problems"] = out["problems"][:20]  # the first ones name the gap; bounded
         return out
 
 
@@ -181,6 +193,7 @@ class AuditStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         self._reader = self._connect(busy_timeout_ms)
+        self._checkpointed = False  # add_batch wrote a checkpoint not yet anchored
 
     def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
@@ -267,6 +280,7 @@ class AuditStore:
                 (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
                 if seq - int(last) >= self._checkpoint_every:
                     self._write_checkpoint(db, seq, prev)
+                    self._checkpointed = True
             return len(rows)
 
     def _head(self, db: sqlite3.Connection) -> tuple[int, str]:
@@ -292,17 +306,43 @@ class AuditStore:
             (seq, head_hash, now, self._signer.key_id, self._signer.sign(seq, head_hash, now)),
         )
 
-    def checkpoint(self) -> int | None:
-        """Sign the current head if it moved since the last checkpoint; its seq, or None."""
+    def checkpoint(self, *, refresh: bool = False) -> int | None:
+        """Sign the current head if it moved since the last checkpoint; its seq, or None.
+
+        `refresh`: when it did not move, sign it again with the time of now, so an idle
+        chain still has a fresh newest checkpoint (verify flags a stale one: events
+        after it may have been cut)."""
         if self._signer is None:
             return None
         with self._lock, self._transaction() as db:
             seq, head_hash = self._head(db)
             (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
-            if seq == 0 or seq <= int(last):
+            if seq == 0 or (seq < int(last)) or (seq == int(last) and not refresh):
                 return None
+            if seq == int(last):
+                db.execute("DELETE FROM checkpoints WHERE seq = ?", (seq,))
             self._write_checkpoint(db, seq, head_hash)
             return seq
+
+    def take_checkpointed(self) -> bool:
+        """Whether add_batch wrote a checkpoint since the last call (to anchor it)."""
+        with self._lock:
+            written, self._checkpointed = self._checkpointed, False
+        return written
+
+    def newest_checkpoint(self) -> Checkpoint | None:
+        with self.reader() as db:
+            row = db.execute(
+                "SELECT seq, hash, time, key_id, signature FROM checkpoints"
+                " ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else Checkpoint(int(row[0]), *(str(v) for v in row[1:]))
+
+    def hash_at(self, seq: int) -> str | None:
+        """The stored hash of record `seq` (None when no such record is held)."""
+        with self.reader() as db:
+            row = db.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
 
     def prune(self, older_than: datetime) -> int:
         """Delete events stored before the newest checkpoint older than `older_than`.
