@@ -60,9 +60,9 @@ def _cut(store_path: Path, after: int, *, checkpoints: bool) -> None:
 async def _verify(
     store: AuditStore, signer: CheckpointSigner, book: AnchorBook, now: datetime | None = None
 ) -> VerifyResult:
-    found, unreadable = await book.read()
-    return anchor.check(store.verify(signer), store, signer, found, unreadable, max_age=MAX_AGE,
-                        now=now)  # fmt: skip
+    found, unreadable, newest = await anchor.read_consistent(book, store)
+    return anchor.check(store.verify(signer), store, signer, found, unreadable, newest,
+                        max_age=MAX_AGE, now=now)  # fmt: skip
 
 
 @pytest.mark.anyio

@@ -19,18 +19,18 @@ from bastion_audit import anchor
 from bastion_audit.app import anchor_book, create_app, max_anchor_age, open_store
 from bastion_audit.settings import Settings
 from bastion_audit.signing import CheckpointSigner
-from bastion_audit.store import Checkpoint
+from bastion_audit.store import AuditStore, Checkpoint
 from bastion_common.redis import create_redis
 from bastion_common.service import run
 from bastion_common.settings import load_settings
 
 
 async def _read_anchors(
-    settings: Settings, signer: CheckpointSigner
-) -> tuple[list[Checkpoint], list[str]]:
+    settings: Settings, signer: CheckpointSigner, store: AuditStore
+) -> tuple[list[Checkpoint], list[str], Checkpoint | None]:
     redis = create_redis(settings.redis_url.get_secret_value())
     try:
-        return await anchor_book(settings, redis, signer).read()
+        return await anchor.read_consistent(anchor_book(settings, redis, signer), store)
     finally:
         await redis.aclose()
 
@@ -68,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(json.dumps({"checkpoint": seq, "anchored": anchored}) + "\n")
                 return 0 if anchored or newest is None else 1
             retention = timedelta(days=settings.retention_days) if settings.retention_days else None
-            result = store.verify(signer, retention=retention)
-            found, unreadable = asyncio.run(_read_anchors(settings, signer))
+            # Another process may be between a checkpoint and its anchor; the service's
+            # own /v1/verify reads both under its lock.
+            found, unreadable, newest = asyncio.run(_read_anchors(settings, signer, store))
+            result = store.verify(signer, retention=retention)  # after: the chain only grows
             result = anchor.check(
-                result, store, signer, found, unreadable, max_age=max_anchor_age(settings)
+                result, store, signer, found, unreadable, newest, max_age=max_anchor_age(settings)
             )
             sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
             return 0 if result.ok else 1

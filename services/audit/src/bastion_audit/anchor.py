@@ -19,9 +19,10 @@ at every interval, even when no event arrived). Otherwise verify fails and names
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from bastion_audit.signing import CheckpointSigner
 from bastion_audit.store import AuditStore, BadRecord, Checkpoint, VerifyResult
 from bastion_common.logging import get_logger
 
-__all__ = ["AnchorBook", "check"]
+__all__ = ["AnchorBook", "check", "read_consistent"]
 
 log = get_logger(__name__)
 
@@ -59,6 +60,9 @@ class AnchorBook:
     redis: Redis
     signer: CheckpointSigner
     witness: Path | None = None
+    # Held from writing a checkpoint until it is anchored, and by verify while it reads
+    # the anchors and the newest checkpoint: verify never sees one without the other.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def write(self, checkpoint: Checkpoint) -> bool:
         """Anchor `checkpoint` everywhere, unless an anchor already names a later record
@@ -116,17 +120,29 @@ class AnchorBook:
         return found, unreadable
 
 
+async def read_consistent(
+    book: AnchorBook, store: AuditStore
+) -> tuple[list[Checkpoint], list[str], Checkpoint | None]:
+    """The anchors and the newest checkpoint, read while no checkpoint is being anchored."""
+    async with book.lock:
+        found, unreadable = await book.read()
+        newest = await anyio.to_thread.run_sync(store.newest_checkpoint)
+    return found, unreadable, newest
+
+
 def check(
     result: VerifyResult,
     store: AuditStore,
     signer: CheckpointSigner,
     anchors: list[Checkpoint],
     unreadable: list[str],
+    newest_checkpoint: Checkpoint | None,
     *,
     max_age: timedelta,
     now: datetime | None = None,
 ) -> VerifyResult:
-    """`result` (the chain's own verification) with what the anchors say added to it."""
+    """`result` (the chain's own verification) with what the anchors say added to it;
+    `newest_checkpoint` read together with the anchors (`read_consistent`)."""
     now = now or datetime.now(UTC)
     problems = list(result.problems)
 
@@ -140,7 +156,7 @@ def check(
         bad(result.head_seq + 1, "an anchor's signature is invalid (forged or altered)")
     newest = max(valid, key=lambda a: (a.seq, a.time), default=None)
     if newest is None:
-        if result.checkpoints:
+        if newest_checkpoint is not None:
             bad(result.head_seq + 1, "no anchor outside the database, yet checkpoints exist")
     elif newest.seq > result.head_seq:
         bad(
@@ -151,7 +167,7 @@ def check(
     elif newest.seq > result.anchor_seq and store.hash_at(newest.seq) != newest.hash:
         bad(newest.seq, f"record {newest.seq} differs from the anchor of {newest.time}")
     for label, stamp in (
-        ("checkpoint", store.newest_checkpoint()),
+        ("checkpoint", newest_checkpoint),
         ("anchor", newest),
     ):
         if stamp is not None and now - datetime.fromisoformat(stamp.time) > max_age:

@@ -74,12 +74,16 @@ class Maintenance:
     async def checkpoint(self) -> None:
         """Sign the head (again, when it did not move: verify flags a stale one) and
         anchor it outside the database (`anchor.py`)."""
-        seq = await anyio.to_thread.run_sync(lambda: self.store.checkpoint(refresh=True))
-        if seq is not None:
-            log.info("audit.checkpoint", seq=seq)
-        newest = await anyio.to_thread.run_sync(self.store.newest_checkpoint)
-        if newest is not None and self.anchors is not None:
-            await self.anchors.write(newest)
+        if self.anchors is None:
+            await anyio.to_thread.run_sync(lambda: self.store.checkpoint(refresh=True))
+            return
+        async with self.anchors.lock:
+            seq = await anyio.to_thread.run_sync(lambda: self.store.checkpoint(refresh=True))
+            if seq is not None:
+                log.info("audit.checkpoint", seq=seq)
+            newest = await anyio.to_thread.run_sync(self.store.newest_checkpoint)
+            if newest is not None:
+                await self.anchors.write(newest)
 
     async def prune(self) -> None:
         if self.retention is None:
