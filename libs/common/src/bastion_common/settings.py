@@ -103,6 +103,12 @@ class ServiceSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     spool_dir: str = Field(default=".spool", validation_alias="BASTION_SPOOL_DIR")
+    event_key: Secret | None = Field(
+        default=None,
+        validation_alias="BASTION_EVENT_KEY",
+        description="signs this service's audit stream entries (bastion_common.eventsign);"
+        " without it the collector stores them flagged as unverified",
+    )
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -22,10 +22,20 @@ from bastion_audit.routes import router
 from bastion_audit.settings import Settings
 from bastion_audit.signing import CheckpointSigner
 from bastion_audit.store import AuditStore
+from bastion_common.logging import get_logger
 from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
 
-__all__ = ["anchor_book", "create_app", "max_anchor_age", "open_store", "thresholds"]
+__all__ = [
+    "anchor_book",
+    "create_app",
+    "event_keys",
+    "max_anchor_age",
+    "open_store",
+    "thresholds",
+]
+
+log = get_logger(__name__)
 
 
 def thresholds(settings: Settings) -> Thresholds:
@@ -53,6 +63,14 @@ def anchor_book(settings: Settings, redis: Redis, signer: CheckpointSigner) -> A
     return AnchorBook(redis, signer, witness)
 
 
+def event_keys(settings: Settings) -> dict[str, bytes] | None:
+    """Every publisher's entry key; None (with a warning) when none is configured."""
+    if not settings.event_keys:
+        log.warning("audit.entries_unchecked", reason="AUDIT_EVENT_KEYS is not set")
+        return None
+    return {name: key.get_secret_value().encode() for name, key in settings.event_keys.items()}
+
+
 def max_anchor_age(settings: Settings) -> timedelta:
     """How old the newest checkpoint and anchor may be before verify calls it a cut."""
     return timedelta(seconds=settings.checkpoint_interval_s + settings.anchor_margin_s)
@@ -75,6 +93,7 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
             claim_idle_ms=settings.claim_idle_ms,
             claim_interval_s=settings.claim_interval_s,
             anchors=anchors,
+            event_keys=event_keys(settings),
         )
         upkeep = Maintenance(
             store,

@@ -15,6 +15,11 @@ class Settings(ServiceSettings):
 
     service_name: str = "audit"
     checkpoint_key: Secret = Field(description="seeds the Ed25519 key that signs checkpoints")
+    event_keys: dict[str, Secret] = Field(
+        default_factory=dict,
+        description="JSON {service: key}: every publisher's audit entry key (eventsign);"
+        " empty: entries are stored unchecked (verified null), with a warning at start",
+    )
     db_path: str = Field(default="audit.sqlite3", description="SQLite file of the audit store")
     public_url: str = Field(
         default="http://localhost:8004", description="canonical URI: the audience of tokens"

@@ -20,7 +20,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +30,7 @@ from typing import Any
 from bastion_audit.signing import CheckpointSigner
 from bastion_common.audit import AuditEvent
 from bastion_common.contracts import TOKEN_REF_DETAILS
+from bastion_common.eventsign import Provenance
 
 __all__ = [
     "GENESIS_HASH",
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS events (
     tool        TEXT,
     ip          TEXT,
     token_ref   TEXT,
+    verified    INTEGER,
     body        TEXT NOT NULL,
     prev_hash   TEXT NOT NULL,
     hash        TEXT NOT NULL
@@ -91,6 +93,7 @@ _COLUMNS = (
     "tool",
     "ip",
     "token_ref",
+    "verified",
 )
 # Detail keys that name the token an event was made with (jti or a token id).
 _TOKEN_REF_KEYS = TOKEN_REF_DETAILS
@@ -125,7 +128,15 @@ def _columns(event: dict[str, Any]) -> tuple[Any, ...]:
         event.get("tool"),
         event.get("ip"),
         token_ref,
+        _verified(event.get("entry")),
     )
+
+
+def _verified(entry: Any) -> int | None:
+    """The `verified` column from the body's `entry` (set by the collector, `Provenance`)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("verified"), bool):
+        return None
+    return int(entry["verified"])
 
 
 @dataclass(frozen=True)
@@ -192,8 +203,22 @@ class AuditStore:
         self._db = self._connect(busy_timeout_ms)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._reader = self._connect(busy_timeout_ms)
         self._checkpointed = False  # add_batch wrote a checkpoint not yet anchored
+
+    def _migrate(self) -> None:
+        """A store made before entries were signed gets the `verified` column (NULL for
+        its rows: nobody checked them) and the view of the events the report trusts."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        if "verified" not in columns:
+            self._db.execute("ALTER TABLE events ADD COLUMN verified INTEGER")
+        # The report's detectors read this view: an event whose entry failed
+        # verification is kept in the chain but raises its own alert instead.
+        self._db.execute(
+            "CREATE VIEW IF NOT EXISTS trusted_events AS"
+            " SELECT * FROM events WHERE verified IS NOT 0"
+        )
 
     def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
@@ -242,14 +267,22 @@ class AuditStore:
 
     # -- writing ---------------------------------------------------------------------
 
-    def add_batch(self, events: Sequence[AuditEvent]) -> int:
-        """Append the events not stored yet, in order; returns how many were new."""
+    def add_batch(
+        self, events: Sequence[AuditEvent], provenance: Mapping[str, Provenance] | None = None
+    ) -> int:
+        """Append the events not stored yet, in order; returns how many were new.
+
+        `provenance` (by event id, from the collector): whether the stream entry that
+        carried the event was signed by the service it claims; it goes into the body as
+        `entry`, so the chain's hash covers it."""
         if not events:
             return 0
         prepared: dict[str, tuple[str, tuple[Any, ...]]] = {}
         for event in events:
             if event.id not in prepared:
                 data = event.model_dump(mode="json")
+                if provenance is not None and event.id in provenance:
+                    data["entry"] = asdict(provenance[event.id])
                 prepared[event.id] = (canonical_json(data), _columns(data))
         with self._lock, self._transaction() as db:
             ids = list(prepared)
@@ -272,8 +305,8 @@ class AuditStore:
                 prev = digest
             db.executemany(
                 "INSERT INTO events (seq, event_id, ts, type, service, outcome, principal,"
-                " client_id, tool, ip, token_ref, body, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " client_id, tool, ip, token_ref, verified, body, prev_hash, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             if self._signer is not None:
@@ -461,8 +494,9 @@ class AuditStore:
                 if not rows:
                     break
                 for row in rows:
-                    seq, columns = int(row[0]), tuple(row[1:11])
-                    body, prev_hash, digest = str(row[11]), str(row[12]), str(row[13])
+                    width = len(_COLUMNS)
+                    seq, columns = int(row[0]), tuple(row[1 : 1 + width])
+                    body, prev_hash, digest = (str(v) for v in row[1 + width :])
                     event_id = str(columns[0])
                     if result.first_seq is None:
                         result.first_seq = seq
