@@ -121,8 +121,7 @@ class Settings(ServiceSettings):
     lockout_base_delay: int = Field(default=30, ge=1)
     lockout_max_delay: int = Field(default=3600, ge=1)
     ip_failure_limit: int = Field(default=50, ge=1)
-    # Reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs); empty: none.
-    trusted_proxies: list[str] = Field(default_factory=list)
+    # trusted_proxies (AUTH_TRUSTED_PROXIES) comes from ServiceSettings (clientip.py).
 
     # Client ID metadata documents. A host listed in `cimd_allowed_hosts` is exempt from
     # the public-address check (it may resolve to a private or loopback address), so the

@@ -65,6 +65,7 @@ def guard_config(settings: Settings) -> GuardConfig:
         rate_limits=settings.rate_limits,
         ip_capacity=settings.ip_capacity,
         ip_refill_per_second=settings.ip_refill_per_second,
+        trusted_proxies=tuple(settings.trusted_proxies),
     )
 
 
