@@ -51,8 +51,12 @@ async def test_an_entry_from_tools_claiming_to_be_auth_is_flagged_and_alerted(
     report = httpx2.get(
         f"{stack.urls['audit']}/v1/report", params={"range": "1h"}, headers=headers, timeout=15
     ).json()
-    alerts = [a for a in report["alerts"] if a["rule"] == "unauthenticated_events"]
-    assert alerts and alerts[0]["service"] == "auth"
+    alerts = [
+        a for a in report["alerts"]
+        if a["rule"] == "unauthenticated_events" and a["service"] == "auth"
+    ]  # fmt: skip
+    assert len(alerts) == 1
+    assert "signed by tools but claims to come from auth" in alerts[0]["summary"]
     assert {e["id"] for e in forged} & set(alerts[0]["evidence"]["sample_event_ids"])
     # A service's own event verifies: audit records this refused request itself.
     httpx2.get(f"{stack.urls['audit']}/v1/events", headers={"Authorization": "Bearer junk"})
