@@ -23,4 +23,7 @@ while read -r kind name rest; do
   # The rule starts with "on": the password goes right after it.
   printf 'user %s on >%s %s\n' "$name" "$password" "${rest#on }" >> "$out"
 done < "$source"
-exec redis-server --aclfile "$out" "$@"
+# Bounded memory: noeviction refuses a write when full rather than silently dropping a
+# revocation, a lockout or an audit entry (services report not ready before then).
+exec redis-server --aclfile "$out" --maxmemory "${REDIS_MAXMEMORY:-256mb}" \
+  --maxmemory-policy noeviction "$@"

@@ -204,7 +204,6 @@ REFUSED: dict[str, list[tuple[object, ...]]] = {
     "health": [
         ("GET", "auth:user:admin"),
         ("XADD", AUDIT_STREAM, "*", "event", "{}"),
-        ("INFO",),
     ],
 }
 
@@ -216,6 +215,12 @@ def test_a_forbidden_command_is_refused_with_noperm(
     acl_redis: AclRedis, user: str, command: tuple[object, ...]
 ) -> None:
     _refused(acl_redis.client(user), *command)
+
+
+def test_redis_runs_with_bounded_memory_and_never_evicts(acl_redis: AclRedis) -> None:
+    memory = acl_redis.client("tools").info("memory")  # what readiness reads
+    assert memory["maxmemory_policy"] == "noeviction"
+    assert memory["maxmemory"] == 256 * 1024 * 1024
 
 
 def test_a_script_cannot_write_what_its_user_may_only_read(acl_redis: AclRedis) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -31,6 +32,7 @@ from bastion_common.logging import (
 __all__ = [
     "RESPONSE_HEADERS_KEY",
     "RESPONSE_STATUS_KEY",
+    "MemoryPressure",
     "ReadinessCheck",
     "RequestContextMiddleware",
     "ops_router",
@@ -57,7 +59,10 @@ RESPONSE_STATUS_KEY = "bastion.response_status"
 _SERVER_ERROR = b'{"error":"server_error","error_description":"internal error"}'
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
-ReadinessCheck = Callable[[], Awaitable[None]]
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+"""Raises when the dependency is not ready; may return a note shown beside "ok"."""
+
+MEMORY_PRESSURE = 0.9  # share of Redis' maxmemory at which a service reports not ready
 
 
 def _route_label(scope: Scope, fixed: str | None = None) -> str:
@@ -137,9 +142,24 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
+class MemoryPressure(Exception):  # noqa: N818 - the name is what /readyz shows
+    """Redis is near its maxmemory: with noeviction, writes will soon be refused."""
+
+
 def redis_check(redis: Redis) -> ReadinessCheck:
-    async def check() -> None:
-        await redis.ping()
+    """Redis answers, and has room: with `maxmemory` and `noeviction` (deploy/redis) a
+    full Redis refuses writes, so a service reports not ready before that happens."""
+
+    async def check() -> str | None:
+        memory: Any = await redis.info("memory")
+        used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+        if not limit:
+            return None
+        share = used / limit
+        note = f"memory {share:.0%} of {limit // (1024 * 1024)} MiB"
+        if share >= MEMORY_PRESSURE:
+            raise MemoryPressure(note)
+        return note
 
     return check
 
@@ -158,8 +178,11 @@ def ops_router(checks: Callable[[], Sequence[tuple[str, ReadinessCheck]]]) -> AP
         ready = True
         for name, check in checks():
             try:
-                await check()
-                results[name] = "ok"
+                note = await check()
+                results[name] = f"ok ({note})" if note else "ok"
+            except MemoryPressure as exc:
+                ready = False
+                results[name] = f"unavailable (MemoryPressure: {exc})"
             except Exception as exc:  # noqa: BLE001 - any failure means not ready
                 ready = False
                 results[name] = f"unavailable ({type(exc).__name__})"

@@ -43,9 +43,10 @@ __all__ = [
 
 Access = Literal["R", "W", "RW"]
 
-CONNECTION: Final = ("ping",)
-"""redis-py's health check and the readiness probe. (redis-py also sends CLIENT SETINFO
-on connecting and ignores its refusal; Debian's Redis 7.0 does not know it.)"""
+CONNECTION: Final = ("ping", "info")
+"""redis-py's health check and the readiness probe (PING, and INFO for memory pressure:
+it shows counters, never a key or a value). redis-py also sends CLIENT SETINFO on
+connecting and ignores its refusal; Debian's Redis 7.0 does not know it."""
 SCRIPTS: Final = ("eval", "evalsha", "script|load", "script|exists")
 TRANSACTIONS: Final = ("multi", "exec", "discard")
 
