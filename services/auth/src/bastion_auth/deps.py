@@ -12,6 +12,7 @@ from bastion_auth.clients import ClientStore
 from bastion_auth.federation import Federation
 from bastion_auth.keys import KeyRing
 from bastion_auth.lockout import Lockout
+from bastion_auth.quota import AddressQuota
 from bastion_auth.settings import Settings
 from bastion_auth.tokens import TokenService
 from bastion_auth.users import UserStore
@@ -34,6 +35,8 @@ class AuthContext:
     lockout: Lockout
     admin_validator: TokenValidator
     federation: Federation
+    register_quota: AddressQuota
+    authorize_quota: AddressQuota
 
     def event(
         self,

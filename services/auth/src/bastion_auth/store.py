@@ -36,6 +36,7 @@ __all__ = [
     "KEY_PATTERN",
     "LOCK_IP_FAILS",
     "REFRESH",
+    "QUOTA",
     "REDIS_ACL",
     "REFRESH_NEXT",
     "SESSION",
@@ -56,7 +57,7 @@ def digest(secret: str) -> str:
 
 USER = "auth:user:{username}"  # JSON, no TTL
 USERS = "auth:users"  # set of usernames, no TTL
-CLIENT = "auth:client:{client_id}"  # JSON, no TTL (DCR and confidential clients)
+CLIENT = "auth:client:{client_id}"  # JSON; DCR: dcr_client_ttl, refreshed on use; else no TTL
 CIMD_CACHE = "auth:cimd:{digest}"  # JSON of a fetched metadata document, cimd_cache_seconds
 
 # Sign-in through an identity provider: the state of one round trip to it (keyed by the
@@ -92,6 +93,8 @@ LOCK_ACCOUNT_FAILS = "auth:lock:acct_fails:{username}"  # failures in lockout_wi
 LOCK_ACCOUNT_UNTIL = "auth:lock:acct_until:{username}"  # locked until its TTL ends
 LOCK_IP_FAILS = "auth:lock:ip_fails:{ip}"  # failures per client IP in lockout_window
 
+QUOTA = "auth:quota:{name}:{ip}"  # requests of one kind from one address, its window (quota.py)
+
 KEY_PATTERN: Final = "auth:*"  # every key above; tests check each name against it
 
 # auth's Redis user (bastion_common.redisacl): its own keys, the denylist and the subject
@@ -101,7 +104,7 @@ REDIS_ACL: Final = AclUser(
     commands=(
         *CONNECTION, *SCRIPTS, *TRANSACTIONS,
         "get", "set", "getdel", "mget", "del", "exists", "expire", "incr", "decr",
-        "hget", "hmget", "hgetall", "hlen", "hset", "hdel", "sadd", "smembers", "scard",
+        "ttl", "hget", "hmget", "hgetall", "hlen", "hset", "hdel", "sadd", "smembers", "scard",
     ),
     grants=(Grant(KEY_PATTERN), Grant(DENYLIST_PATTERN), Grant(SUBJECT_PATTERN), PUBLISH_GRANT),
 )  # fmt: skip
