@@ -110,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
                 settings.sandbox_root,
                 extensions=settings.file_extensions,
                 max_bytes=settings.max_file_bytes,
+                quota_bytes=settings.sandbox_quota_bytes,
             )
             await anyio.to_thread.run_sync(sandbox.ensure_root)
             auditor = Auditor(
