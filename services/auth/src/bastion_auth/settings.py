@@ -125,7 +125,7 @@ class Settings(ServiceSettings):
 
     # What unauthenticated requests may create, per address (quota.py).
     register_per_ip: int = Field(
-        default=20, ge=1, description="client registrations per address per hour"
+        default=100, ge=1, description="client registrations per address per hour"
     )
     authorize_per_ip: int = Field(
         default=300,
