@@ -12,7 +12,7 @@ export TESTCONTAINERS_RYUK_DISABLED := true
 # Debian's engine has no buildx: build with the classic BuildKit path, without the warning.
 export COMPOSE_BAKE := false
 
-.PHONY: help install lock env docker browser up down clean logs ps lint test unit integration faults fuzz soak bench demo
+.PHONY: help install lock acl env docker browser up down clean logs ps lint test unit integration faults fuzz soak bench demo
 
 help:
 	@echo "make up          build and start the stack, wait until healthy, print the URLs"
@@ -40,6 +40,10 @@ lock:
 
 env:
 	@bash deploy/gen-env.sh deploy/.env
+
+# Rewrite deploy/redis/users.acl from each service's key owner (after changing one).
+acl: install
+	$(PY) deploy/redis_acl.py
 
 # Engine, Compose plugin and base image; records the base image to build from.
 docker:
@@ -70,7 +74,8 @@ ps:
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy $(SRC) deploy/runtime_lock.py
+	$(VENV)/bin/mypy $(SRC) deploy/runtime_lock.py deploy/redis_acl.py
+	$(PY) deploy/redis_acl.py --check
 
 unit: install
 	$(VENV)/bin/pytest $(wildcard $(addsuffix /tests,$(PACKAGES))) tests/deploy bench/tests

@@ -35,7 +35,9 @@ def test_gen_env_writes_strong_secrets_with_mode_0600_and_never_overwrites(tmp_p
         line.split("=", 1) for line in first.splitlines() if line and not line.startswith("#")
     )
     secrets = {k: v for k, v in values.items() if k != "BOOTSTRAP_ADMIN_USERNAME"}
-    assert "REDIS_PASSWORD" in secrets
+    users = ("AUTH", "KEYS", "TOOLS", "AUDIT", "HEALTH")
+    assert {f"REDIS_PASSWORD_{u}" for u in users} <= secrets.keys()  # deploy/redis/users.acl
+    assert {f"EVENT_KEY_{u}" for u in users[:4]} <= secrets.keys()
     for name, value in secrets.items():
         if name == "BOOTSTRAP_ADMIN_PASSWORD":
             assert len(value) >= 20, name
@@ -50,3 +52,17 @@ def test_the_env_file_and_lock_urls_are_never_committed() -> None:
     assert "deploy/.env" in ignored
     assert "uv.lock" in ignored
     assert "https://" not in (ROOT / "requirements.lock").read_text()
+
+
+def test_gen_env_adds_the_secrets_an_older_file_lacks_and_changes_nothing_else(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "old.env"
+    target.write_text("REDIS_PASSWORD=an-old-one\nTOOLS_CLIENT_SECRET=kept-as-it-was\n")
+    subprocess.run(["bash", str(ROOT / "deploy/gen-env.sh"), str(target)], check=True)
+    lines = target.read_text().splitlines()
+    assert lines[:2] == ["REDIS_PASSWORD=an-old-one", "TOOLS_CLIENT_SECRET=kept-as-it-was"]
+    names = [line.split("=", 1)[0] for line in lines]
+    assert names.count("TOOLS_CLIENT_SECRET") == 1
+    assert "REDIS_PASSWORD_TOOLS" in names and "EVENT_KEY_AUTH" in names
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600

@@ -997,7 +997,8 @@ async def test_secrets_never_appear_in_any_log(stack: Stack) -> None:
     await call_weather(stack, token["access_token"])
     secrets_used = [
         stack.env["BOOTSTRAP_ADMIN_PASSWORD"],
-        stack.env["REDIS_PASSWORD"],
+        *(stack.env[f"REDIS_PASSWORD_{user}"] for user in ("AUTH", "KEYS", "TOOLS", "AUDIT")),
+        *(stack.env[f"EVENT_KEY_{user}"] for user in ("AUTH", "KEYS", "TOOLS", "AUDIT")),
         stack.env["TOOLS_CLIENT_SECRET"],
         token["access_token"],
         token["refresh_token"],

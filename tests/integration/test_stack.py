@@ -26,7 +26,8 @@ def test_every_service_answers_health_readiness_and_metrics(stack: Stack) -> Non
         assert httpx2.get(f"{url}/healthz").json() == {"status": "ok"}, name
         ready = httpx2.get(f"{url}/readyz")
         assert ready.status_code == 200, name
-        assert ready.json()["checks"]["redis"] == "ok"
+        redis = ready.json()["checks"]["redis"]
+        assert redis.startswith("ok (memory ") and "of 256 MiB" in redis, redis
         metrics = httpx2.get(f"{url}/metrics")
         assert "bastion_http_requests_total" in metrics.text, name
 

@@ -9,6 +9,7 @@ import httpx2
 import pytest
 import structlog
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 from structlog.testing import LogCapture
 
@@ -195,3 +196,24 @@ async def test_request_line_follows_the_configured_level(
         assert [(e["path"], e["status"]) for e in requests] == [("/missing", 404)]
     else:
         assert requests == []
+
+
+@pytest.mark.anyio
+async def test_readiness_reports_redis_memory_and_fails_under_pressure(
+    client: httpx2.AsyncClient, redis_url: str
+) -> None:
+    # deploy/redis runs with maxmemory and noeviction: near full, writes will be refused.
+    admin = Redis.from_url(redis_url)
+    used = int((await admin.info("memory"))["used_memory"])
+    try:
+        await admin.config_set("maxmemory", used * 10)
+        roomy = await client.get("/readyz")
+        assert roomy.status_code == 200
+        assert roomy.json()["checks"]["redis"].startswith("ok (memory ")
+        await admin.config_set("maxmemory", int(used * 1.05))
+        full = await client.get("/readyz")
+        assert full.status_code == 503
+        assert full.json()["checks"]["redis"].startswith("unavailable (MemoryPressure: memory ")
+    finally:
+        await admin.config_set("maxmemory", 0)
+        await admin.aclose()

@@ -210,7 +210,7 @@ async def test_the_report_and_verify_answer_a_viewer(
     refused = await client.get("/v1/report", params={"range": "30d"}, headers=headers)
     assert refused.status_code == 400
     verified = await client.get("/v1/verify", headers=headers)
-    assert verified.status_code == 200 and verified.json()["ok"] is True
+    assert verified.status_code == 200 and verified.json()["ok"] is True, verified.json()
 
 
 @pytest.mark.anyio

@@ -12,7 +12,6 @@ import httpx2
 import pytest
 from fastapi import FastAPI
 from services.keys.tests.helpers import (
-    AUDIT_RESOURCE,
     AUTH_INTERNAL,
     AUTH_ISSUER,
     KEYS_URL,
@@ -45,7 +44,6 @@ def make_settings(redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
             "auth_issuer": AUTH_ISSUER,
             "auth_internal_url": AUTH_INTERNAL,
             "tools_resource": TOOLS_RESOURCE,
-            "audit_resource": AUDIT_RESOURCE,
         }
         values.update(overrides)
         return Settings(**values)

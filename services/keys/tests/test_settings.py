@@ -28,15 +28,15 @@ def test_unsafe_settings_are_refused(
         make_settings(**overrides)
 
 
-def test_default_resources_follow_the_configured_urls(
+def test_by_default_only_the_tools_server_is_offered(
     make_settings: Callable[..., Settings],
 ) -> None:
+    # Only tools trusts the keys issuer: keys, audit and auth's admin API take auth's tokens.
     offered = make_settings(
         tools_resource="http://localhost:23003/mcp", auth_issuer="http://localhost:23001"
     ).offered_scopes()
+    assert list(offered) == ["http://localhost:23003/mcp"]
     assert len(offered["http://localhost:23003/mcp"]) == 7
-    assert offered["http://localhost:23001/admin"] == {"admin:users"}
-    assert offered["http://localhost:8004"] == {"metrics:view"}
 
 
 def test_an_overlap_of_zero_is_allowed(make_settings: Callable[..., Settings]) -> None:

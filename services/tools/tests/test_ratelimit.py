@@ -148,6 +148,53 @@ async def test_a_flood_of_bad_tokens_is_cut_off_by_the_ip_bucket_without_redis(
             assert await open_session(other, minter.token())
 
 
+async def test_a_valid_token_from_an_address_flooded_with_junk_is_still_served(
+    make_settings: Callable[..., Settings], minter: Minter
+) -> None:
+    # Everyone behind one NAT or proxy shares its address with whoever floods junk.
+    settings = make_settings(ip_capacity=5, ip_refill_per_second=0.1)
+    async with serve(create_app(settings)) as client:
+        for _ in range(40):
+            await post(client, "junk.token.value", rpc("tools/list"))
+        assert (await post(client, "junk.token.value", rpc("tools/list"))).status_code == 429
+        assert (await post(client, None, rpc("tools/list"))).status_code == 429
+        # An API key from the blocked address waits: checking an unknown one costs a call.
+        assert (await post(client, "mcp_" + "x" * 40, rpc("tools/list"))).status_code == 429
+        # A token that verifies is served, again and again, while junk stays refused.
+        token = minter.token()
+        session = await open_session(client, token)
+        reply = await post(client, token, rpc("tools/list"), session=session)
+        assert reply.status_code == 200, reply.text
+        assert (await post(client, "junk.token.value", rpc("tools/list"))).status_code == 429
+
+
+async def test_behind_a_trusted_proxy_each_client_has_its_own_address_budget(
+    make_settings: Callable[..., Settings], redis_url: str
+) -> None:
+    # The test client's peer (10.0.0.7) is the proxy; X-Forwarded-For names the client.
+    settings = make_settings(
+        ip_capacity=3, ip_refill_per_second=0.1, trusted_proxies=["10.0.0.0/24"]
+    )
+
+    async def status(forwarded: str) -> int:
+        headers = {"X-Forwarded-For": forwarded}
+        return (await post(client, "bad.token", rpc("tools/list"), headers=headers)).status_code
+
+    async with serve(create_app(settings)) as client:
+        assert [await status("198.51.100.1") for _ in range(5)] == [401] * 3 + [429] * 2
+        assert await status("198.51.100.2") == 401  # another client behind the same proxy
+        # A client cannot pick a fresh address: the proxy appends the real one last.
+        assert await status("203.0.113.9, 198.51.100.1") == 429
+        await wait_for_event(redis_url, "authn.failed", ip="198.51.100.2")
+
+
+def test_trusted_proxies_that_are_not_addresses_stop_the_service(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with pytest.raises(ValueError, match="'10.0.0.0/33' is not an IP address or network"):
+        make_settings(trusted_proxies=["10.0.0.0/33"])
+
+
 async def _command_counts(redis_url: str) -> dict[str, int]:
     redis = create_redis(redis_url)
     try:

@@ -5,15 +5,18 @@ sandbox itself, nothing outside the root is read, written or deleted."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx2
 import pytest
-from services.tools.tests.helpers import Minter, call_tool, open_session, wait_for_event
+from services.tools.tests.helpers import Minter, call_tool, open_session, serve, wait_for_event
 
+from bastion_tools.app import create_app
+from bastion_tools.settings import Settings
 from bastion_tools.tools.sandbox import Sandbox, SandboxError
 from bastion_tools.upstream import UpstreamError
 
@@ -199,3 +202,64 @@ async def test_a_tool_error_through_a_context_manager_stays_itself(error: Except
         async with scope():
             raise error
     assert caught.value is error
+
+
+def test_writes_over_the_quota_are_refused_and_leave_nothing_behind(tmp_path: Path) -> None:
+    root = tmp_path / "quota"
+    sandbox = Sandbox(root, extensions=[".txt"], max_bytes=1024, quota_bytes=2500)
+    sandbox.ensure_root()
+    sandbox.write("a.txt", "x" * 1000)
+    sandbox.write("b.txt", "x" * 1000)
+    with pytest.raises(SandboxError, match="the sandbox is full: .* quota of 2500 bytes"):
+        sandbox.write("deep/er/c.txt", "x" * 600)
+    assert sorted(p.name for p in root.rglob("*")) == ["a.txt", "b.txt"]  # no dir, no temp
+    sandbox.write("a.txt", "x" * 1000)  # replacing a file counts only the difference
+    sandbox.write("c.txt", "x" * 500)
+    assert sandbox.used_bytes() == 2500
+    sandbox.delete("b.txt")  # deleting makes room again
+    sandbox.write("deep/er/d.txt", "x" * 900)
+    assert (root / "deep" / "er" / "d.txt").stat().st_size == 900
+
+
+def test_a_failed_write_removes_the_directories_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "dirs"
+    sandbox = Sandbox(root, extensions=[".txt"], max_bytes=1024)
+    sandbox.ensure_root()
+    (root / "keep").mkdir()
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)  # the write fails after the dirs exist
+    with pytest.raises(SandboxError, match="no space left in the sandbox"):
+        sandbox.write("keep/fresh/sub/x.txt", "hi")
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == ["keep"]
+
+
+def test_temporary_files_of_interrupted_writes_are_removed_at_start(tmp_path: Path) -> None:
+    root = tmp_path / "crashed"
+    (root / "notes").mkdir(parents=True)
+    (root / "notes" / ".tmp-0123456789abcdef").write_text("half a write")
+    (root / ".tmp-fedcba9876543210").write_text("another")
+    (root / "notes" / "kept.txt").write_text("kept")
+    Sandbox(root, extensions=[".txt"], max_bytes=1024).ensure_root()
+    assert sorted(p.name for p in root.rglob("*")) == ["kept.txt", "notes"]
+
+
+async def test_the_write_file_tool_answers_a_full_sandbox_with_a_clear_error(
+    make_settings: Callable[..., Settings], minter: Minter, tmp_path: Path
+) -> None:
+    settings = make_settings(sandbox_quota_bytes=1000)
+    async with serve(create_app(settings)) as tools:
+        token = minter.token(roles=["admin"], scope=ALL_FILES)
+        session = await open_session(tools, token)
+        ok = await call_tool(tools, token, session, "write_file",
+                             {"path": "a.txt", "content": "x" * 900})  # fmt: skip
+        assert ok.json()["result"].get("isError") is not True
+        full = (await call_tool(tools, token, session, "write_file",
+                                {"path": "new/b.txt", "content": "x" * 200})).json()  # fmt: skip
+        assert full["result"]["isError"] is True
+        assert "the sandbox is full" in full["result"]["content"][0]["text"]
+    assert not (Path(settings.sandbox_root) / "new").exists()

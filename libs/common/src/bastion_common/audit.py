@@ -42,11 +42,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bastion_common.contracts import EVENT_TYPES, EventType
+from bastion_common.eventsign import EntrySigner
 from bastion_common.logging import get_logger, new_id, redact, request_id_var
 from bastion_common.redis import OwnConnection
+from bastion_common.redisacl import Grant
 
 __all__ = [
     "AUDIT_STREAM",
+    "PUBLISH_GRANT",
     "EVENT_TYPES",
     "EventType",
     "SCHEMA_VERSION",
@@ -58,6 +61,8 @@ __all__ = [
 ]
 
 AUDIT_STREAM = "audit:events"
+# A publisher may only append to the stream: never read, delete, ack or trim it.
+PUBLISH_GRANT = Grant(AUDIT_STREAM, "W", only=("xadd",))
 SCHEMA_VERSION: Literal[1] = 1
 Outcome = Literal["success", "failure", "denied", "error"]
 
@@ -238,8 +243,10 @@ class AuditPublisher:
         entry_size: int = 64,
         retry_interval: float = 0.5,
         timeout: float = 2.0,
+        signer: EntrySigner | None = None,
     ) -> None:
         self._redis = redis
+        self._signer = signer  # tags each entry with the service's HMAC (eventsign.py)
         self._conn = OwnConnection(redis, timeout=timeout)  # batches go one at a time
         self._entry_size = max(1, entry_size)
         self._spool = Path(spool_path)
@@ -367,10 +374,10 @@ class AuditPublisher:
         """Events (JSON) to the stream, up to `entry_size` per entry, in one round trip:
         one command per entry, not per event."""
         size = self._entry_size
-        commands = [
-            ("XADD", self._stream, "*", *_flat(batch_fields(lines[i : i + size])))
-            for i in range(0, len(lines), size)
-        ]
+        entries = [batch_fields(lines[i : i + size]) for i in range(0, len(lines), size)]
+        if self._signer is not None:
+            entries = [self._signer.sign(fields) for fields in entries]
+        commands = [("XADD", self._stream, "*", *_flat(fields)) for fields in entries]
         await self._conn.execute(*commands)
 
     async def _append_spool(self, lines: Sequence[str]) -> None:

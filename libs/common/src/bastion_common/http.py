@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -32,6 +33,7 @@ from bastion_common.logging import (
 __all__ = [
     "RESPONSE_HEADERS_KEY",
     "RESPONSE_STATUS_KEY",
+    "MemoryPressure",
     "ReadinessCheck",
     "RequestContextMiddleware",
     "ops_router",
@@ -60,8 +62,10 @@ _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 # A check raises when its dependency does not answer (not ready), or returns None ("ok")
 # or a status to report that does not make the service unready (an upstream MCP server
-# that is down leaves the built-in tools serving).
+# that is down leaves the built-in tools serving; Redis' memory use).
 ReadinessCheck = Callable[[], Awaitable[str | None]]
+
+MEMORY_PRESSURE = 0.9  # share of Redis' maxmemory at which a service reports not ready
 
 
 def _route_label(scope: Scope, fixed: str | None = None) -> str:
@@ -154,9 +158,24 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
+class MemoryPressure(Exception):  # noqa: N818 - the name is what /readyz shows
+    """Redis is near its maxmemory: with noeviction, writes will soon be refused."""
+
+
 def redis_check(redis: Redis) -> ReadinessCheck:
-    async def check() -> None:
-        await redis.ping()
+    """Redis answers, and has room: with `maxmemory` and `noeviction` (deploy/redis) a
+    full Redis refuses writes, so a service reports not ready before that happens."""
+
+    async def check() -> str | None:
+        memory: Any = await redis.info("memory")
+        used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+        if not limit:
+            return None
+        share = used / limit
+        note = f"memory {share:.0%} of {limit // (1024 * 1024)} MiB"
+        if share >= MEMORY_PRESSURE:
+            raise MemoryPressure(note)
+        return f"ok ({note})"
 
     return check
 
@@ -176,6 +195,9 @@ def ops_router(checks: Callable[[], Sequence[tuple[str, ReadinessCheck]]]) -> AP
         for name, check in checks():
             try:
                 results[name] = await check() or "ok"
+            except MemoryPressure as exc:
+                ready = False
+                results[name] = f"unavailable (MemoryPressure: {exc})"
             except Exception as exc:  # noqa: BLE001 - any failure means not ready
                 ready = False
                 results[name] = f"unavailable ({type(exc).__name__})"

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bastion_common.audit import AuditPublisher
 from bastion_common.auditor import Auditor
+from bastion_common.eventsign import EntrySigner
 from bastion_common.http import ReadinessCheck, RequestContextMiddleware, ops_router, redis_check
 from bastion_common.logging import configure_logging, get_logger
 from bastion_common.redis import Redis, create_redis
@@ -88,7 +89,13 @@ def create_service_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = redis_factory(settings.redis_url.get_secret_value())
         spool = Path(settings.spool_dir) / f"{settings.service_name}.jsonl"
-        publisher = AuditPublisher(redis, spool)
+        key = settings.event_key
+        signer = (
+            EntrySigner(settings.service_name, key.get_secret_value().encode()) if key else None
+        )
+        if signer is None:
+            log.warning("audit.entries_unsigned", reason="BASTION_EVENT_KEY is not set")
+        publisher = AuditPublisher(redis, spool, signer=signer)
         await publisher.start()
         audit = Auditor(publisher, settings.service_name, linger=audit_linger)
         state = ServiceState(settings=settings, redis=redis, audit=audit)

@@ -13,8 +13,10 @@ import sys
 from collections import Counter
 from typing import Annotated, TypeVar
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bastion_common.clientip import parse_networks
 
 __all__ = ["Secret", "ServiceSettings", "check_secret_strength", "load_settings"]
 
@@ -103,6 +105,23 @@ class ServiceSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     spool_dir: str = Field(default=".spool", validation_alias="BASTION_SPOOL_DIR")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs);"
+        " empty: none (bastion_common.clientip)",
+    )
+    event_key: Secret | None = Field(
+        default=None,
+        validation_alias="BASTION_EVENT_KEY",
+        description="signs this service's audit stream entries (bastion_common.eventsign);"
+        " without it the collector stores them flagged as unverified",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # a typo must stop the service, not trust nobody silently
+        return value
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

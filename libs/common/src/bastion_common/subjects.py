@@ -32,6 +32,7 @@ from bastion_common.tokens import Principal, denylist_key
 
 __all__ = [
     "KEYS_BEFORE",
+    "SUBJECT_PATTERN",
     "TOKENS_BEFORE",
     "SubjectState",
     "TokenRefusal",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 SUBJECT_PREFIX: Final = "subject:"
+SUBJECT_PATTERN: Final = f"{SUBJECT_PREFIX}*"  # Redis ACL: auth writes it, others read
 TOKENS_BEFORE: Final = "tokens_before"
 KEYS_BEFORE: Final = "keys_before"
 

@@ -47,6 +47,7 @@ from bastion_common.permissions import parse_scope
 
 __all__ = [
     "ID_JAG_TYP",
+    "DENYLIST_PATTERN",
     "MAX_LEEWAY_SECONDS",
     "AssertionValidator",
     "IdTokenValidator",
@@ -61,6 +62,7 @@ __all__ = [
 
 MAX_LEEWAY_SECONDS = 30
 DENYLIST_PREFIX = "revoked:jti:"
+DENYLIST_PATTERN = f"{DENYLIST_PREFIX}*"  # Redis ACL: auth and keys write it, others read
 ASYMMETRIC_ALGORITHMS = frozenset({"ES256", "ES384", "RS256", "PS256", "EdDSA"})
 log = get_logger(__name__)
 

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from redis.exceptions import RedisError
 
 from bastion_common.audit import Outcome
+from bastion_common.clientip import client_ip
 from bastion_common.errors import ServiceError
 from bastion_common.logging import get_logger
 from bastion_common.service import ServiceState
@@ -47,7 +48,11 @@ def _challenge(error: str, description: str, scope: str | None = None) -> str:
 async def require_viewer(request: Request) -> Principal:
     state: ServiceState = request.app.state.bastion
     validator: TokenValidator = state.extra["validator"]
-    ip = request.client.host if request.client else "unknown"
+    ip = client_ip(
+        request.client.host if request.client else None,
+        request.headers.get("x-forwarded-for"),
+        request.app.state.bastion.settings.trusted_proxies,
+    )
     path = request.url.path
     header = request.headers.get("authorization")
     if not header:

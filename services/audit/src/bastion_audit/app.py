@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import anyio
 import httpx2
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
+from bastion_audit.anchor import AnchorBook
 from bastion_audit.collector import Collector
 from bastion_audit.maintenance import Maintenance
 from bastion_audit.report import Thresholds
@@ -19,10 +22,20 @@ from bastion_audit.settings import Settings
 from bastion_audit.signing import CheckpointSigner
 from bastion_audit.store import AuditStore
 from bastion_common.errors import install_error_handlers
+from bastion_common.logging import get_logger
 from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
 
-__all__ = ["create_app", "open_store", "thresholds"]
+__all__ = [
+    "anchor_book",
+    "create_app",
+    "event_keys",
+    "max_anchor_age",
+    "open_store",
+    "thresholds",
+]
+
+log = get_logger(__name__)
 
 
 def thresholds(settings: Settings) -> Thresholds:
@@ -45,12 +58,31 @@ def open_store(settings: Settings) -> tuple[AuditStore, CheckpointSigner]:
     return store, signer
 
 
+def anchor_book(settings: Settings, redis: Redis, signer: CheckpointSigner) -> AnchorBook:
+    witness = Path(settings.witness_path) if settings.witness_path else None
+    return AnchorBook(redis, signer, witness)
+
+
+def event_keys(settings: Settings) -> dict[str, bytes] | None:
+    """Every publisher's entry key; None (with a warning) when none is configured."""
+    if not settings.event_keys:
+        log.warning("audit.entries_unchecked", reason="AUDIT_EVENT_KEYS is not set")
+        return None
+    return {name: key.get_secret_value().encode() for name, key in settings.event_keys.items()}
+
+
+def max_anchor_age(settings: Settings) -> timedelta:
+    """How old the newest checkpoint and anchor may be before verify calls it a cut."""
+    return timedelta(seconds=settings.checkpoint_interval_s + settings.anchor_margin_s)
+
+
 def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = None) -> FastAPI:
     retention = timedelta(days=settings.retention_days) if settings.retention_days else None
 
     @contextlib.asynccontextmanager
     async def collector_lifespan(_app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
         store, signer = await anyio.to_thread.run_sync(lambda: open_store(settings))
+        anchors = anchor_book(settings, state.redis, signer)
         collector = Collector(
             state.redis,
             store,
@@ -60,6 +92,8 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
             block_ms=settings.block_ms,
             claim_idle_ms=settings.claim_idle_ms,
             claim_interval_s=settings.claim_interval_s,
+            anchors=anchors,
+            event_keys=event_keys(settings),
         )
         upkeep = Maintenance(
             store,
@@ -68,6 +102,7 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
             retention=retention,
             prune_interval=settings.prune_interval_s,
             metrics_interval=settings.metrics_interval_s,
+            anchors=anchors,
         )
         validator = TokenValidator(
             [
@@ -86,6 +121,8 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
             validator=validator,
             thresholds=thresholds(settings),
             retention=retention,
+            anchors=anchors,
+            max_anchor_age=max_anchor_age(settings),
         )
 
         async def store_check() -> None:
@@ -116,7 +153,7 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
             await collector.settle()
             # Sign the head we reached, so a clean shutdown leaves nothing unanchored.
             with contextlib.suppress(Exception):
-                await anyio.to_thread.run_sync(store.checkpoint)
+                await upkeep.checkpoint()
             await validator.aclose()
             await anyio.to_thread.run_sync(store.close)
 

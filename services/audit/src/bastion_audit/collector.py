@@ -9,6 +9,10 @@
 - Redelivery is harmless: the store ignores an event id it already holds, so two
   replicas, a restart or a claim never create a duplicate.
 - Sensitive values are redacted again before storing, whatever the publisher did.
+- Each entry's signature (`bastion_common.eventsign`) is checked against the key of the
+  service it names: an entry that fails is stored all the same, flagged `verified:
+  false` in the chain (the report alerts on it and its detectors leave it out), counted
+  and logged; never dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import asyncio
 import contextlib
 import socket
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,17 +30,23 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from bastion_audit.anchor import AnchorBook
+from bastion_audit.redis_keys import DEAD_LETTER_STREAM
 from bastion_audit.store import AuditStore
 from bastion_common.audit import AUDIT_STREAM, AuditEvent, split_batch
+from bastion_common.eventsign import Provenance, check_entry
 from bastion_common.logging import get_logger, redact
 
 __all__ = ["DEAD_LETTER_STREAM", "Collector", "StreamStats", "scrub"]
 
-DEAD_LETTER_STREAM = "audit:dead"
 log = get_logger(__name__)
 STORED = Counter("bastion_audit_events_stored_total", "Audit events stored")
 DEAD = Counter("bastion_audit_dead_letters_total", "Audit entries sent to the dead-letter stream")
 CLAIMED = Counter("bastion_audit_claimed_total", "Entries claimed back from idle consumers")
+UNVERIFIED = Counter(
+    "bastion_audit_unverified_events_total",
+    "Events whose stream entry was not signed by the service they claim (kept, flagged)",
+)
 
 _TOP_LEVEL_TEXT = ("principal", "client_id", "tool", "ip")
 _RAW_LIMIT = 8192
@@ -96,6 +106,10 @@ def _parse(fields: dict[bytes, bytes] | None) -> tuple[list[AuditEvent], str | N
         raw = split_batch(fields[b"events"].decode())
     except Exception as exc:  # noqa: BLE001 - whatever breaks parsing must not wedge the stream
         return [], _reason(exc)
+    return _batch_events(raw)
+
+
+def _batch_events(raw: list[dict[str, Any]]) -> tuple[list[AuditEvent], str | None]:
     events: list[AuditEvent] = []
     problem: str | None = None
     for index, item in enumerate(raw):
@@ -106,15 +120,40 @@ def _parse(fields: dict[bytes, bytes] | None) -> tuple[list[AuditEvent], str | N
     return events, problem
 
 
-def _split_batch(entries: Sequence[Entry]) -> tuple[list[AuditEvent], list[_Dead]]:
-    events: list[AuditEvent] = []
-    dead: list[_Dead] = []
+@dataclass(frozen=True)
+class _Batch:
+    events: list[AuditEvent]
+    dead: list[_Dead]
+    provenance: dict[str, Provenance] | None  # by event id; None: entries not checked
+
+
+def _provenance(
+    fields: dict[bytes, bytes], events: list[AuditEvent], keys: Mapping[str, bytes]
+) -> Provenance:
+    text = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+    return check_entry(text, keys, {event.service for event in events})
+
+
+def _split_batch(entries: Sequence[Entry], keys: Mapping[str, bytes] | None) -> _Batch:
+    batch = _Batch([], [], {} if keys is not None else None)
     for entry_id, fields in entries:
         parsed, problem = _parse(fields)
-        events.extend(parsed)
+        batch.events.extend(parsed)
         if problem is not None:
-            dead.append((entry_id, fields, problem))
-    return events, dead
+            batch.dead.append((entry_id, fields, problem))
+        if batch.provenance is not None and keys is not None and fields and parsed:
+            provenance = _provenance(fields, parsed, keys)
+            if not provenance.verified:
+                UNVERIFIED.inc(len(parsed))
+                log.error(
+                    "audit.entry_unverified",
+                    entry_id=entry_id.decode(),
+                    signed_by=provenance.signed_by,
+                    problem=provenance.problem,
+                    events=len(parsed),
+                )
+            batch.provenance.update(dict.fromkeys((e.id for e in parsed), provenance))
+    return batch
 
 
 class Collector:
@@ -130,8 +169,12 @@ class Collector:
         claim_idle_ms: int = 30_000,
         claim_interval_s: float = 5.0,
         stream: str = AUDIT_STREAM,
+        anchors: AnchorBook | None = None,
+        event_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         self._redis = redis
+        self._keys = event_keys  # every publisher's entry key (eventsign); None: unchecked
+        self._anchors = anchors
         self._store = store
         self._group = group
         self._consumer = consumer or socket.gethostname()
@@ -189,10 +232,10 @@ class Collector:
                         continue
                     # Parse this batch while the previous one commits (its fsync releases
                     # the GIL); batches still commit one after the other, in stream order.
-                    parsed = _split_batch(entries)
+                    parsed = _split_batch(entries, self._keys)
                     if in_flight is not None:
                         await in_flight
-                    in_flight = asyncio.create_task(self._commit(entries, *parsed))
+                    in_flight = asyncio.create_task(self._commit(entries, parsed))
                     self._in_flight = in_flight
                 if in_flight is not None:
                     await in_flight
@@ -250,12 +293,11 @@ class Collector:
     async def _process(self, entries: Sequence[Entry]) -> int:
         if not entries:
             return 0
-        return await self._commit(entries, *_split_batch(entries))
+        return await self._commit(entries, _split_batch(entries, self._keys))
 
-    async def _commit(
-        self, entries: Sequence[Entry], events: list[AuditEvent], dead: list[_Dead]
-    ) -> int:
-        stored = await asyncio.to_thread(self._store.add_batch, events) if events else 0
+    async def _commit(self, entries: Sequence[Entry], batch: _Batch) -> int:
+        events, dead = batch.events, batch.dead
+        stored = await self._store_events(events, batch.provenance) if events else 0
         STORED.inc(stored)
         # The dead letters and the acknowledgement travel together (MULTI), so a crash
         # cannot acknowledge an entry whose dead letter was not written.
@@ -275,6 +317,22 @@ class Collector:
             DEAD.inc()
             log.error("audit.dead_letter", entry_id=entry_id.decode(), reason=reason)
         return len(entries)
+
+    async def _store_events(
+        self, events: list[AuditEvent], provenance: dict[str, Provenance] | None
+    ) -> int:
+        if self._anchors is None:
+            return await asyncio.to_thread(self._store.add_batch, events, provenance)
+        async with self._anchors.lock:
+            stored = await asyncio.to_thread(self._store.add_batch, events, provenance)
+            if self._store.take_checkpointed():
+                # The checkpoint add_batch just wrote goes outside the database too.
+                # Should this fail, the maintenance loop anchors the newest checkpoint
+                # again within its interval.
+                newest = await asyncio.to_thread(self._store.newest_checkpoint)
+                if newest is not None:
+                    await self._anchors.write(newest)
+        return stored
 
     async def stats(self) -> StreamStats:
         lag = pending = 0

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 from prometheus_client import Gauge, Info
 
+from bastion_audit.anchor import AnchorBook
 from bastion_audit.collector import Collector
 from bastion_audit.store import AuditStore
 from bastion_common.logging import get_logger
@@ -36,6 +37,7 @@ class Maintenance:
     retention: timedelta | None
     prune_interval: float
     metrics_interval: float
+    anchors: AnchorBook | None = None
     trim_interval: float = 30.0
     stopping: bool = False
 
@@ -70,9 +72,18 @@ class Maintenance:
         DEAD_LETTERS.set(stats.dead_letters)
 
     async def checkpoint(self) -> None:
-        seq = await anyio.to_thread.run_sync(self.store.checkpoint)
-        if seq is not None:
-            log.info("audit.checkpoint", seq=seq)
+        """Sign the head (again, when it did not move: verify flags a stale one) and
+        anchor it outside the database (`anchor.py`)."""
+        if self.anchors is None:
+            await anyio.to_thread.run_sync(lambda: self.store.checkpoint(refresh=True))
+            return
+        async with self.anchors.lock:
+            seq = await anyio.to_thread.run_sync(lambda: self.store.checkpoint(refresh=True))
+            if seq is not None:
+                log.info("audit.checkpoint", seq=seq)
+            newest = await anyio.to_thread.run_sync(self.store.newest_checkpoint)
+            if newest is not None:
+                await self.anchors.write(newest)
 
     async def prune(self) -> None:
         if self.retention is None:

@@ -13,7 +13,11 @@ Rules (thresholds in `Thresholds`, configurable through AUDIT_ALERT_* settings):
 - token_many_ips: one token (jti / token_id in details) presented from many IPs;
 - baseline_rise: a principal's event count in the range against its own average over
   the preceding periods of the same length (principals with no history are left to the
-  other rules).
+  other rules);
+- unauthenticated_events: events whose stream entry was not signed by the service they
+  claim (`bastion_common.eventsign`), one alert per claimed service. Every other count
+  and rule reads only the trusted events (the store's `trusted_events` view), so a
+  forged event neither hides in the counts nor raises a false alarm of its own.
 
 Runs on a read snapshot of the store (blocking: call from a thread).
 """
@@ -76,7 +80,7 @@ class _Window:
 
     def samples(self, column: str, value: str, type_: str, outcome: str | None = None) -> list[str]:
         sql = (
-            f"SELECT event_id FROM events WHERE ts >= ? AND ts < ? AND {column} = ?"  # noqa: S608
+            f"SELECT event_id FROM trusted_events WHERE ts >= ? AND ts < ? AND {column} = ?"  # noqa: S608
             " AND type = ?" + (" AND outcome = ?" if outcome else "") + " ORDER BY seq LIMIT ?"
         )
         args: list[Any] = [value, type_, *([outcome] if outcome else []), _SAMPLE]
@@ -87,7 +91,7 @@ def _counts(w: _Window) -> dict[str, Any]:
     by_type = {
         (t, o): n
         for t, o, n in w.rows(
-            "SELECT type, outcome, COUNT(*) FROM events WHERE ts >= ? AND ts < ?"
+            "SELECT type, outcome, COUNT(*) FROM trusted_events WHERE ts >= ? AND ts < ?"
             " GROUP BY type, outcome"
         )
     }
@@ -113,7 +117,7 @@ def _top(w: _Window, column: str) -> list[dict[str, Any]]:
     return [
         {column: value, "events": n, "failures": failures}
         for value, n, failures in w.rows(
-            f"SELECT {column}, COUNT(*), SUM(outcome != 'success') FROM events"  # noqa: S608
+            f"SELECT {column}, COUNT(*), SUM(outcome != 'success') FROM trusted_events"  # noqa: S608
             f" WHERE ts >= ? AND ts < ? AND {column} IS NOT NULL"
             f" GROUP BY {column} ORDER BY 2 DESC, 1 LIMIT ?",
             _TOP,
@@ -130,7 +134,7 @@ def _brute_force(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
     out = []
     for principal, n, ips, first, last in w.rows(
         "SELECT LOWER(TRIM(principal)), COUNT(*), GROUP_CONCAT(DISTINCT ip), MIN(ts), MAX(ts)"
-        " FROM events"
+        " FROM trusted_events"
         # Attempts refused while the account is locked ('denied') are attempts too: with
         # auth's lockout at 5 failures, counting failures alone would never reach 10.
         " WHERE ts >= ? AND ts < ? AND type = 'auth.login' AND outcome IN ('failure', 'denied')"
@@ -159,21 +163,23 @@ def _brute_force(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
 def _spraying(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
     out = []
     for ip, accounts, n, first, last in w.rows(
-        "SELECT ip, COUNT(DISTINCT LOWER(TRIM(principal))), COUNT(*), MIN(ts), MAX(ts) FROM events"
-        " WHERE ts >= ? AND ts < ? AND type = 'auth.login' AND outcome = 'failure'"
+        "SELECT ip, COUNT(DISTINCT LOWER(TRIM(principal))), COUNT(*), MIN(ts), MAX(ts)"
+        " FROM trusted_events WHERE ts >= ? AND ts < ?"
+        " AND type = 'auth.login' AND outcome = 'failure'"
         " AND ip IS NOT NULL GROUP BY ip HAVING COUNT(DISTINCT LOWER(TRIM(principal))) >= ?",
         t.spray_accounts,
     ):
         names = [
             r[0]
             for r in w.rows(
-                "SELECT DISTINCT LOWER(TRIM(principal)) FROM events WHERE ts >= ? AND ts < ?"
-                " AND type = 'auth.login' AND outcome = 'failure' AND ip = ? ORDER BY 1 LIMIT 20",
+                "SELECT DISTINCT LOWER(TRIM(principal)) FROM trusted_events"
+                " WHERE ts >= ? AND ts < ? AND type = 'auth.login' AND outcome = 'failure'"
+                " AND ip = ? ORDER BY 1 LIMIT 20",
                 ip,
             )
         ]
         (successes,) = w.rows(
-            "SELECT COUNT(*) FROM events WHERE ts >= ? AND ts < ? AND type = 'auth.login'"
+            "SELECT COUNT(*) FROM trusted_events WHERE ts >= ? AND ts < ? AND type = 'auth.login'"
             " AND outcome = 'success' AND ip = ?",
             ip,
         )[0]
@@ -231,7 +237,7 @@ def _burst_rows(w: _Window, window_ms: int, threshold: int) -> list[tuple[str, i
         "  COUNT(*) OVER (PARTITION BY principal ORDER BY ts"
         "   RANGE BETWEEN ? PRECEDING AND CURRENT ROW) AS c,"
         "  COUNT(*) OVER (PARTITION BY principal) AS n"
-        " FROM events WHERE ts >= ? AND ts < ? AND type = 'authz.denied'"
+        " FROM trusted_events WHERE ts >= ? AND ts < ? AND type = 'authz.denied'"
         " AND principal IS NOT NULL"
         ") WHERE c >= ? ORDER BY principal, c DESC, ts",
         (window_ms - 1, w.since, w.until, threshold),
@@ -247,7 +253,7 @@ def _exfiltration(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
     for principal, n, paths, first, last in w.rows(
         "SELECT principal, COUNT(*),"  # noqa: S608 - the path is a constant
         f" COUNT(DISTINCT json_extract(body, '{ARGUMENT_PATH_JSON}')), MIN(ts), MAX(ts)"
-        " FROM events WHERE ts >= ? AND ts < ? AND type = 'tool.called'"
+        " FROM trusted_events WHERE ts >= ? AND ts < ? AND type = 'tool.called'"
         " AND tool = 'read_file' AND outcome = 'success' AND principal IS NOT NULL"
         " GROUP BY principal HAVING COUNT(*) >= ?",
         t.file_reads,
@@ -255,7 +261,7 @@ def _exfiltration(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
         sample_paths = [
             r[0]
             for r in w.rows(
-                f"SELECT DISTINCT json_extract(body, '{ARGUMENT_PATH_JSON}') FROM events"  # noqa: S608
+                f"SELECT DISTINCT json_extract(body, '{ARGUMENT_PATH_JSON}') FROM trusted_events"  # noqa: S608
                 " WHERE ts >= ? AND ts < ? AND type = 'tool.called' AND tool = 'read_file'"
                 " AND principal = ? LIMIT 10",
                 principal,
@@ -285,7 +291,7 @@ def _exfiltration(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
 def _refresh_reuse(w: _Window) -> list[dict[str, Any]]:
     out = []
     for event_id, ts, principal, client_id, ip, body in w.rows(
-        "SELECT event_id, ts, principal, client_id, ip, body FROM events"
+        "SELECT event_id, ts, principal, client_id, ip, body FROM trusted_events"
         " WHERE ts >= ? AND ts < ? AND type = 'token.refresh_reuse' ORDER BY seq LIMIT 100"
     ):
         details = json.loads(body).get("details", {})
@@ -311,7 +317,7 @@ def _token_many_ips(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
     out = []
     for token_ref, n_ips, ips, principal, n, first, last in w.rows(
         "SELECT token_ref, COUNT(DISTINCT ip), GROUP_CONCAT(DISTINCT ip), MAX(principal),"
-        " COUNT(*), MIN(ts), MAX(ts) FROM events WHERE ts >= ? AND ts < ?"
+        " COUNT(*), MIN(ts), MAX(ts) FROM trusted_events WHERE ts >= ? AND ts < ?"
         " AND token_ref IS NOT NULL AND ip IS NOT NULL"
         " GROUP BY token_ref HAVING COUNT(DISTINCT ip) >= ?",
         t.token_ips,
@@ -341,7 +347,7 @@ def _baseline(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
     base_since = w.since - t.baseline_periods * length
     current = dict(
         w.rows(
-            "SELECT principal, COUNT(*) FROM events WHERE ts >= ? AND ts < ?"
+            "SELECT principal, COUNT(*) FROM trusted_events WHERE ts >= ? AND ts < ?"
             " AND principal IS NOT NULL GROUP BY principal HAVING COUNT(*) >= ?",
             t.baseline_min_events,
         )
@@ -350,7 +356,7 @@ def _baseline(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
         return []
     history = dict(
         w.db.execute(
-            "SELECT principal, COUNT(*) FROM events WHERE ts >= ? AND ts < ?"
+            "SELECT principal, COUNT(*) FROM trusted_events WHERE ts >= ? AND ts < ?"
             " AND principal IS NOT NULL GROUP BY principal",
             (base_since, w.since),
         ).fetchall()
@@ -381,6 +387,40 @@ def _baseline(w: _Window, t: Thresholds) -> list[dict[str, Any]]:
     return out
 
 
+def _unauthenticated(w: _Window) -> list[dict[str, Any]]:
+    out = []
+    for service, count, first, last, problem in w.rows(
+        "SELECT service, COUNT(*), MIN(ts), MAX(ts),"
+        " MIN(json_extract(body, '$.entry.problem')) FROM events"
+        " WHERE ts >= ? AND ts < ? AND verified = 0 GROUP BY service ORDER BY COUNT(*) DESC"
+    ):
+        samples = [
+            row[0]
+            for row in w.rows(
+                "SELECT event_id FROM events WHERE ts >= ? AND ts < ? AND verified = 0"
+                " AND service = ? ORDER BY seq LIMIT ?",
+                service,
+                _SAMPLE,
+            )
+        ]
+        out.append(
+            {
+                "rule": "unauthenticated_events",
+                "severity": "high",
+                "summary": f"{count} events claim to come from {service!r} but their stream"
+                f" entries were not signed by it ({problem})",
+                "service": service,
+                "evidence": {
+                    "events": count,
+                    "first": _iso(first),
+                    "last": _iso(last),
+                    "sample_event_ids": samples,
+                },
+            }
+        )
+    return out
+
+
 def build_report(
     store: AuditStore, range_: str, thresholds: Thresholds, *, now: datetime | None = None
 ) -> dict[str, Any]:
@@ -398,6 +438,7 @@ def build_report(
             *_refresh_reuse(w),
             *_token_many_ips(w, thresholds),
             *_baseline(w, thresholds),
+            *_unauthenticated(w),
         ]
         alerts, truncated = _cap(alerts)
         top_principals = _top(w, "principal")

@@ -12,10 +12,12 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import APIRouter, Query, Request
 
+from bastion_audit import anchor
 from bastion_audit.access import Viewer
+from bastion_audit.anchor import AnchorBook
 from bastion_audit.report import Range, Thresholds, build_report
 from bastion_audit.signing import CheckpointSigner
-from bastion_audit.store import AuditStore, EventFilter
+from bastion_audit.store import AuditStore, EventFilter, VerifyResult
 from bastion_common.errors import ServiceError
 from bastion_common.service import ServiceState
 
@@ -83,5 +85,15 @@ async def verify(request: Request, _viewer: Viewer) -> dict[str, Any]:
     store: AuditStore = state.extra["store"]
     signer: CheckpointSigner = state.extra["signer"]
     retention: timedelta | None = state.extra.get("retention")
-    result = await anyio.to_thread.run_sync(lambda: store.verify(signer, retention=retention))
-    return result.to_dict()
+    # The anchors first: the chain only grows, so it must hold at least what they name.
+    anchors: AnchorBook = state.extra["anchors"]
+    found, unreadable, newest = await anchor.read_consistent(anchors, store)
+    max_age: timedelta = state.extra["max_anchor_age"]
+
+    def walk() -> VerifyResult:
+        result = store.verify(signer, retention=retention)
+        # What is there is intact; now whether anything was cut from the end (anchor.py).
+        return anchor.check(result, store, signer, found, unreadable, newest, max_age=max_age)
+
+    checked = await anyio.to_thread.run_sync(walk)
+    return checked.to_dict()

@@ -15,6 +15,11 @@ class Settings(ServiceSettings):
 
     service_name: str = "audit"
     checkpoint_key: Secret = Field(description="seeds the Ed25519 key that signs checkpoints")
+    event_keys: dict[str, Secret] = Field(
+        default_factory=dict,
+        description="JSON {service: key}: every publisher's audit entry key (eventsign);"
+        " empty: entries are stored unchecked (verified null), with a warning at start",
+    )
     db_path: str = Field(default="audit.sqlite3", description="SQLite file of the audit store")
     public_url: str = Field(
         default="http://localhost:8004", description="canonical URI: the audience of tokens"
@@ -32,6 +37,15 @@ class Settings(ServiceSettings):
     claim_interval_s: float = Field(default=5.0, gt=0)
 
     checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    anchor_margin_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="verify fails when the newest anchor is older than"
+        " the checkpoint interval plus this",
+    )
+    witness_path: str = Field(
+        default="", description="file (on another volume) that also holds the newest anchor"
+    )
     checkpoint_every: int = Field(default=10_000, ge=1, description="events between checkpoints")
     retention_days: float = Field(default=90.0, ge=0, description="0 keeps events forever")
     prune_interval_s: float = Field(default=3600.0, gt=0)

@@ -20,7 +20,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,11 +30,13 @@ from typing import Any
 from bastion_audit.signing import CheckpointSigner
 from bastion_common.audit import AuditEvent
 from bastion_common.contracts import TOKEN_REF_DETAILS
+from bastion_common.eventsign import Provenance
 
 __all__ = [
     "GENESIS_HASH",
     "AuditStore",
     "BadRecord",
+    "Checkpoint",
     "EventFilter",
     "VerifyResult",
     "canonical_json",
@@ -57,6 +59,7 @@ CREATE TABLE IF NOT EXISTS events (
     tool        TEXT,
     ip          TEXT,
     token_ref   TEXT,
+    verified    INTEGER,
     body        TEXT NOT NULL,
     prev_hash   TEXT NOT NULL,
     hash        TEXT NOT NULL
@@ -90,6 +93,7 @@ _COLUMNS = (
     "tool",
     "ip",
     "token_ref",
+    "verified",
 )
 # Detail keys that name the token an event was made with (jti or a token id).
 _TOKEN_REF_KEYS = TOKEN_REF_DETAILS
@@ -124,7 +128,15 @@ def _columns(event: dict[str, Any]) -> tuple[Any, ...]:
         event.get("tool"),
         event.get("ip"),
         token_ref,
+        _verified(event.get("entry")),
     )
+
+
+def _verified(entry: Any) -> int | None:
+    """The `verified` column from the body's `entry` (set by the collector, `Provenance`)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("verified"), bool):
+        return None
+    return int(entry["verified"])
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,17 @@ class EventFilter:
     outcome: str | None = None
     tool: str | None = None
     ip: str | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed head of the chain: at `time`, record `seq` had hash `hash`."""
+
+    seq: int
+    hash: str
+    time: str
+    key_id: str
+    signature: str
 
 
 @dataclass(frozen=True)
@@ -159,7 +182,7 @@ class VerifyResult:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.pop("problems")
+        out["problems"] = out["problems"][:20]  # the first ones name the gap; bounded
         return out
 
 
@@ -180,7 +203,22 @@ class AuditStore:
         self._db = self._connect(busy_timeout_ms)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._reader = self._connect(busy_timeout_ms)
+        self._checkpointed = False  # add_batch wrote a checkpoint not yet anchored
+
+    def _migrate(self) -> None:
+        """A store made before entries were signed gets the `verified` column (NULL for
+        its rows: nobody checked them) and the view of the events the report trusts."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        if "verified" not in columns:
+            self._db.execute("ALTER TABLE events ADD COLUMN verified INTEGER")
+        # The report's detectors read this view: an event whose entry failed
+        # verification is kept in the chain but raises its own alert instead.
+        self._db.execute(
+            "CREATE VIEW IF NOT EXISTS trusted_events AS"
+            " SELECT * FROM events WHERE verified IS NOT 0"
+        )
 
     def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
@@ -229,14 +267,22 @@ class AuditStore:
 
     # -- writing ---------------------------------------------------------------------
 
-    def add_batch(self, events: Sequence[AuditEvent]) -> int:
-        """Append the events not stored yet, in order; returns how many were new."""
+    def add_batch(
+        self, events: Sequence[AuditEvent], provenance: Mapping[str, Provenance] | None = None
+    ) -> int:
+        """Append the events not stored yet, in order; returns how many were new.
+
+        `provenance` (by event id, from the collector): whether the stream entry that
+        carried the event was signed by the service it claims; it goes into the body as
+        `entry`, so the chain's hash covers it."""
         if not events:
             return 0
         prepared: dict[str, tuple[str, tuple[Any, ...]]] = {}
         for event in events:
             if event.id not in prepared:
                 data = event.model_dump(mode="json")
+                if provenance is not None and event.id in provenance:
+                    data["entry"] = asdict(provenance[event.id])
                 prepared[event.id] = (canonical_json(data), _columns(data))
         with self._lock, self._transaction() as db:
             ids = list(prepared)
@@ -259,14 +305,15 @@ class AuditStore:
                 prev = digest
             db.executemany(
                 "INSERT INTO events (seq, event_id, ts, type, service, outcome, principal,"
-                " client_id, tool, ip, token_ref, body, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " client_id, tool, ip, token_ref, verified, body, prev_hash, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             if self._signer is not None:
                 (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
                 if seq - int(last) >= self._checkpoint_every:
                     self._write_checkpoint(db, seq, prev)
+                    self._checkpointed = True
             return len(rows)
 
     def _head(self, db: sqlite3.Connection) -> tuple[int, str]:
@@ -292,17 +339,43 @@ class AuditStore:
             (seq, head_hash, now, self._signer.key_id, self._signer.sign(seq, head_hash, now)),
         )
 
-    def checkpoint(self) -> int | None:
-        """Sign the current head if it moved since the last checkpoint; its seq, or None."""
+    def checkpoint(self, *, refresh: bool = False) -> int | None:
+        """Sign the current head if it moved since the last checkpoint; its seq, or None.
+
+        `refresh`: when it did not move, sign it again with the time of now, so an idle
+        chain still has a fresh newest checkpoint (verify flags a stale one: events
+        after it may have been cut)."""
         if self._signer is None:
             return None
         with self._lock, self._transaction() as db:
             seq, head_hash = self._head(db)
             (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
-            if seq == 0 or seq <= int(last):
+            if seq == 0 or (seq < int(last)) or (seq == int(last) and not refresh):
                 return None
+            if seq == int(last):
+                db.execute("DELETE FROM checkpoints WHERE seq = ?", (seq,))
             self._write_checkpoint(db, seq, head_hash)
             return seq
+
+    def take_checkpointed(self) -> bool:
+        """Whether add_batch wrote a checkpoint since the last call (to anchor it)."""
+        with self._lock:
+            written, self._checkpointed = self._checkpointed, False
+        return written
+
+    def newest_checkpoint(self) -> Checkpoint | None:
+        with self.reader() as db:
+            row = db.execute(
+                "SELECT seq, hash, time, key_id, signature FROM checkpoints"
+                " ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else Checkpoint(int(row[0]), *(str(v) for v in row[1:]))
+
+    def hash_at(self, seq: int) -> str | None:
+        """The stored hash of record `seq` (None when no such record is held)."""
+        with self.reader() as db:
+            row = db.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
 
     def prune(self, older_than: datetime) -> int:
         """Delete events stored before the newest checkpoint older than `older_than`.
@@ -421,8 +494,9 @@ class AuditStore:
                 if not rows:
                     break
                 for row in rows:
-                    seq, columns = int(row[0]), tuple(row[1:11])
-                    body, prev_hash, digest = str(row[11]), str(row[12]), str(row[13])
+                    width = len(_COLUMNS)
+                    seq, columns = int(row[0]), tuple(row[1 : 1 + width])
+                    body, prev_hash, digest = (str(v) for v in row[1 + width :])
                     event_id = str(columns[0])
                     if result.first_seq is None:
                         result.first_seq = seq

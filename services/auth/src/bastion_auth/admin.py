@@ -45,6 +45,14 @@ async def jwks(ctx: Ctx) -> Response:
 @router.post("/register", include_in_schema=False)
 async def register(request: Request, ctx: Ctx) -> Response:
     ip = client_ip(request)
+    wait = await ctx.register_quota.take(ip)
+    if wait is not None:  # each registration is a record in Redis: bounded per address
+        ctx.event("ratelimit.refused", "denied", ip=ip, limit="register_per_ip")
+        return JSONResponse(
+            {"error": "too_many_requests",
+             "error_description": "too many client registrations from this address"},
+            status_code=429, headers={"Retry-After": str(wait), "Cache-Control": "no-store"},
+        )  # fmt: skip
     body = await request.body()
     try:
         if len(body) > MAX_BODY_BYTES:

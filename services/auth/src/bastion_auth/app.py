@@ -18,8 +18,9 @@ from bastion_auth.idjag import JWT_BEARER, IdJagGrant
 from bastion_auth.keys import KeyRing
 from bastion_auth.lockout import Lockout
 from bastion_auth.pages import STATIC_DIR, STATIC_PATH
+from bastion_auth.quota import AddressQuota
 from bastion_auth.settings import Settings
-from bastion_auth.store import BOOTSTRAP_LOCK
+from bastion_auth.store import AUTH_REQUEST_TTL, BOOTSTRAP_LOCK
 from bastion_auth.tokens import TokenService
 from bastion_auth.users import UserStore
 from bastion_common.errors import error_response, install_error_handlers
@@ -60,11 +61,15 @@ async def build_context(settings: Settings, state: ServiceState) -> AuthContext:
         keyring=keyring,
         tokens=TokenService(state.redis, settings, keyring),
         users=users,
-        clients=ClientStore(state.redis),
+        clients=ClientStore(state.redis, dcr_ttl=int(settings.dcr_client_ttl_days * 86400)),
         lockout=Lockout(state.redis, settings),
         admin_validator=_own_validator(settings, keyring),
         federation=federation,
         idjag=IdJagGrant(settings, state.redis, federation.linker, idp_http),
+        register_quota=AddressQuota(state.redis, "register", settings.register_per_ip, 3600),
+        authorize_quota=AddressQuota(
+            state.redis, "authorize", settings.authorize_per_ip, AUTH_REQUEST_TTL
+        ),
     )
     if settings.tools_client_secret is not None:
         await ctx.clients.register_service_client(

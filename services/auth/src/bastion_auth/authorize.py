@@ -108,6 +108,13 @@ async def authorize(request: Request, ctx: Ctx) -> Response:
         # registered itself, so a redirect would bounce people wherever it registered.
         failed(exc.error, client.client_id, exc.description)
         return error_page(f"The application sent a malformed request: {exc.description}.")
+    wait = await ctx.authorize_quota.take(ip)
+    if wait is not None:  # each request leaves a pending request and maybe a session
+        ctx.event("ratelimit.refused", "denied", client_id=client.client_id, ip=ip,
+                  limit="authorize_per_ip")  # fmt: skip
+        page = error_page("Too many sign-in requests from this address; try again later.", 429)
+        page.headers["Retry-After"] = str(wait)
+        return page
     request_id = secrets.token_urlsafe(24)
     pending = {
         "client_id": client.client_id,

@@ -107,17 +107,30 @@ def redirect_uri_matches(registered: list[str], presented: str) -> bool:
 
 
 class ClientStore:
-    def __init__(self, redis: Redis) -> None:
+    """Client records. One that registered itself (DCR) lives `dcr_ttl` seconds past its
+    last use, so a flood of registrations that are never used cleans itself up."""
+
+    def __init__(self, redis: Redis, *, dcr_ttl: int = 30 * 86400) -> None:
         self._redis = redis
+        self._dcr_ttl = dcr_ttl
 
     async def get(self, client_id: str) -> Client | None:
         if not client_id or len(client_id) > 512:
             return None
-        raw = await self._redis.get(CLIENT.format(client_id=client_id))
-        return Client(**json.loads(raw)) if raw else None
+        key = CLIENT.format(client_id=client_id)
+        raw = await self._redis.get(key)
+        if not raw:
+            return None
+        client = Client(**json.loads(raw))
+        if client.source == "dcr":
+            await self._redis.expire(key, self._dcr_ttl)  # used: its clock starts again
+        return client
 
     async def save(self, client: Client) -> None:
-        await self._redis.set(CLIENT.format(client_id=client.client_id), json.dumps(asdict(client)))
+        ttl = self._dcr_ttl if client.source == "dcr" else None
+        await self._redis.set(
+            CLIENT.format(client_id=client.client_id), json.dumps(asdict(client)), ex=ttl
+        )
 
     async def register_service_client(
         self,

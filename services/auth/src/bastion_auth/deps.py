@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -15,11 +13,13 @@ from bastion_auth.federation import Federation
 from bastion_auth.idjag import IdJagGrant
 from bastion_auth.keys import KeyRing
 from bastion_auth.lockout import Lockout
+from bastion_auth.quota import AddressQuota
 from bastion_auth.settings import Settings
 from bastion_auth.tokens import TokenService
 from bastion_auth.users import UserStore
 from bastion_common.audit import Outcome
 from bastion_common.auditor import Auditor
+from bastion_common.clientip import client_ip as common_client_ip
 from bastion_common.tokens import TokenValidator
 
 __all__ = ["AuthContext", "Ctx", "client_ip"]
@@ -38,6 +38,8 @@ class AuthContext:
     admin_validator: TokenValidator
     federation: Federation
     idjag: IdJagGrant
+    register_quota: AddressQuota
+    authorize_quota: AddressQuota
 
     def event(
         self,
@@ -59,34 +61,10 @@ def _context(request: Request) -> AuthContext:
 
 
 def client_ip(request: Request) -> str:
-    """The caller's address for audit and per-IP limits. X-Forwarded-For is read only when
-    the peer is a configured trusted proxy, walking right to left past trusted hops, so a
-    client cannot pick its own address (and its own lockout counter)."""
-    peer = request.client.host if request.client else "unknown"
+    """The caller's address for audit and per-IP limits (`bastion_common.clientip`)."""
     settings: Settings = request.app.state.bastion.settings
-    networks = _networks(tuple(settings.trusted_proxies))
-    if not networks or not _trusted(peer, networks):
-        return peer
-    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _trusted(hop, networks):
-            return hop[:64]
-    return peer
-
-
-@functools.lru_cache(maxsize=8)
-def _networks(values: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
-
-
-def _trusted(
-    address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
+    peer = request.client.host if request.client else None
+    return common_client_ip(peer, request.headers.get("x-forwarded-for"), settings.trusted_proxies)
 
 
 Ctx = Annotated[AuthContext, Depends(_context)]

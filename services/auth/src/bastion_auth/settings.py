@@ -205,8 +205,21 @@ class Settings(ServiceSettings):
     lockout_base_delay: int = Field(default=30, ge=1)
     lockout_max_delay: int = Field(default=3600, ge=1)
     ip_failure_limit: int = Field(default=50, ge=1)
-    # Reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs); empty: none.
-    trusted_proxies: list[str] = Field(default_factory=list)
+    # trusted_proxies (AUTH_TRUSTED_PROXIES) comes from ServiceSettings (clientip.py).
+
+    # What unauthenticated requests may create, per address (quota.py).
+    register_per_ip: int = Field(
+        default=100, ge=1, description="client registrations per address per hour"
+    )
+    authorize_per_ip: int = Field(
+        default=300,
+        ge=1,
+        description="authorization requests per address per 10 minutes"
+        " (each may leave a pending request and a session)",
+    )
+    dcr_client_ttl_days: float = Field(
+        default=30.0, gt=0, description="a registered (DCR) client unused this long expires"
+    )
 
     # Client ID metadata documents. A host listed in `cimd_allowed_hosts` is exempt from
     # the public-address check (it may resolve to a private or loopback address), so the

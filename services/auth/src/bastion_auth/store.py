@@ -8,6 +8,12 @@ never stored in clear.
 from __future__ import annotations
 
 import hashlib
+from typing import Final
+
+from bastion_common.audit import PUBLISH_GRANT
+from bastion_common.redisacl import CONNECTION, SCRIPTS, TRANSACTIONS, AclUser, Grant
+from bastion_common.subjects import SUBJECT_PATTERN
+from bastion_common.tokens import DENYLIST_PATTERN
 
 __all__ = [
     "ACCESS_RECORD",
@@ -28,8 +34,11 @@ __all__ = [
     "FAMILY_JTIS",
     "LOCK_ACCOUNT_FAILS",
     "LOCK_ACCOUNT_UNTIL",
+    "KEY_PATTERN",
     "LOCK_IP_FAILS",
     "REFRESH",
+    "QUOTA",
+    "REDIS_ACL",
     "REFRESH_NEXT",
     "SESSION",
     "SESSION_TTL",
@@ -49,7 +58,7 @@ def digest(secret: str) -> str:
 
 USER = "auth:user:{username}"  # JSON, no TTL
 USERS = "auth:users"  # set of usernames, no TTL
-CLIENT = "auth:client:{client_id}"  # JSON, no TTL (DCR and confidential clients)
+CLIENT = "auth:client:{client_id}"  # JSON; DCR: dcr_client_ttl, refreshed on use; else no TTL
 CIMD_CACHE = "auth:cimd:{digest}"  # JSON of a fetched metadata document, cimd_cache_seconds
 
 # Sign-in through an identity provider: the state of one round trip to it (keyed by the
@@ -86,3 +95,19 @@ BOOTSTRAP_LOCK = "auth:bootstrap"  # first replica creates the bootstrap admin, 
 LOCK_ACCOUNT_FAILS = "auth:lock:acct_fails:{username}"  # failures in lockout_window
 LOCK_ACCOUNT_UNTIL = "auth:lock:acct_until:{username}"  # locked until its TTL ends
 LOCK_IP_FAILS = "auth:lock:ip_fails:{ip}"  # failures per client IP in lockout_window
+
+QUOTA = "auth:quota:{name}:{ip}"  # requests of one kind from one address, its window (quota.py)
+
+KEY_PATTERN: Final = "auth:*"  # every key above; tests check each name against it
+
+# auth's Redis user (bastion_common.redisacl): its own keys, the denylist and the subject
+# cut-offs it writes, and the audit stream, append only.
+REDIS_ACL: Final = AclUser(
+    "auth",
+    commands=(
+        *CONNECTION, *SCRIPTS, *TRANSACTIONS,
+        "get", "set", "getdel", "mget", "del", "exists", "expire", "incr", "decr",
+        "ttl", "hget", "hmget", "hgetall", "hlen", "hset", "hdel", "sadd", "smembers", "scard",
+    ),
+    grants=(Grant(KEY_PATTERN), Grant(DENYLIST_PATTERN), Grant(SUBJECT_PATTERN), PUBLISH_GRANT),
+)  # fmt: skip

@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bastion_common.auditor import Auditor
+from bastion_common.clientip import client_ip as common_client_ip
 from bastion_common.errors import ServiceError
 from bastion_common.subjects import principal_refusal
 from bastion_common.tokens import Principal, TokenError, TokenValidator
@@ -48,7 +49,10 @@ Context = Annotated[KeysContext, Depends(_context)]
 
 
 def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The caller's address for audit and per-IP limits (`bastion_common.clientip`)."""
+    peer = request.client.host if request.client else None
+    trusted = request.app.state.bastion.settings.trusted_proxies
+    return common_client_ip(peer, request.headers.get("x-forwarded-for"), trusted)
 
 
 def _refuse(description: str) -> ServiceError:

@@ -116,17 +116,20 @@ async def present(
     else:
         hmac_hex = ""
         fails, record = await context.store.failures(ip), None
+    verdict: Accepted | Reason = problem or _judge(hmac_hex, record, now)
+    if isinstance(verdict, Accepted):
+        verdict = await _as_owner_is_now(context, verdict)
+    if isinstance(verdict, Accepted):
+        # Judged before the address budget: a valid key from an address shared with
+        # someone presenting junk (a NAT, a proxy) is not locked out with them. The
+        # lookup was made either way, so this costs nothing more.
+        context.usage.record(verdict.record.key_id)
+        return verdict
     if limit and fails >= settings.failed_presentations_per_ip:
         context.auditor.emit(
             "ratelimit.refused", "denied", ip=ip, limit="apikey_failed_presentations", via=via
         )
         raise RateLimited(settings.failed_presentation_window_seconds)
-    verdict: Accepted | Reason = problem or _judge(hmac_hex, record, now)
-    if isinstance(verdict, Accepted):
-        verdict = await _as_owner_is_now(context, verdict)
-    if isinstance(verdict, Accepted):
-        context.usage.record(verdict.record.key_id)
-        return verdict
     if limit:
         await context.store.count_failure(ip, settings.failed_presentation_window_seconds)
     key_id = record.key_id if record is not None else None

@@ -33,13 +33,10 @@ class Settings(ServiceSettings):
     )
     auth_jwks_path: str = "/jwks.json"
     tools_resource: str = "http://localhost:8003/mcp"
-    audit_resource: str = "http://localhost:8004"
-    admin_resource: str | None = Field(
-        default=None, description="auth's admin API resource (default: auth issuer + /admin)"
-    )
     resource_scopes: dict[str, list[str]] | None = Field(
         default=None,
-        description="JSON object resource -> scopes it offers; replaces the defaults",
+        description="JSON object resource -> scopes it offers; replaces the default (tools"
+        " only). List only resources that trust this issuer",
     )
     introspection_clients: list[str] = Field(
         default=["bastion-tools"],
@@ -57,9 +54,7 @@ class Settings(ServiceSettings):
     failed_presentation_window_seconds: int = Field(default=60, ge=1)
     usage_flush_seconds: float = Field(default=5.0, gt=0, le=300)
 
-    @field_validator(
-        "public_url", "auth_issuer", "auth_internal_url", "tools_resource", "audit_resource"
-    )
+    @field_validator("public_url", "auth_issuer", "auth_internal_url", "tools_resource")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
@@ -78,13 +73,10 @@ class Settings(ServiceSettings):
 
     def offered_scopes(self) -> dict[str, frozenset[str]]:
         """Each resource a key may be exchanged for, with the scopes it offers
-        (docs/architecture.md)."""
+        (docs/architecture.md). By default only the tools server: it is the one resource
+        that trusts this issuer (TOOLS_KEYS_ISSUER); keys itself, audit and auth's admin
+        API accept only auth's tokens, so a token for them would be refused there anyway.
+        Any other resource is refused with invalid_target (RFC 8707 §2)."""
         if self.resource_scopes is not None:
             return {r.rstrip("/"): frozenset(s) for r, s in self.resource_scopes.items()}
-        admin = self.admin_resource or f"{self.auth_issuer}/admin"
-        return {
-            self.tools_resource: ALL_PERMISSIONS,
-            self.public_url: ALL_PERMISSIONS,
-            self.audit_resource: frozenset({"metrics:view"}),
-            admin.rstrip("/"): frozenset({"admin:users"}),
-        }
+        return {self.tools_resource: ALL_PERMISSIONS}

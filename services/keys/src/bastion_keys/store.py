@@ -23,12 +23,17 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
+from bastion_common.audit import PUBLISH_GRANT
 from bastion_common.contracts import APIKEY_REVOKED_CHANNEL
-from bastion_common.tokens import denylist_key
+from bastion_common.redisacl import CONNECTION, SCRIPTS, TRANSACTIONS, AclUser, Grant
+from bastion_common.subjects import SUBJECT_PATTERN
+from bastion_common.tokens import DENYLIST_PATTERN, denylist_key
 
 __all__ = [
     "APIKEY_REVOKED_CHANNEL",
+    "KEY_PATTERN",
     "RECORD_RETENTION_SECONDS",
+    "REDIS_ACL",
     "SIGNING_KEY",
     "CreateResult",
     "KeyRecord",
@@ -44,6 +49,25 @@ RECORD_RETENTION_SECONDS: Final = 30 * 24 * 3600
 SIGNING_KEY: Final = "keys:signing_key"
 _RECORD_PREFIX: Final = "apikeys:rec:"
 _INDEX_PREFIX: Final = "apikeys:idx:"
+KEY_PATTERN: Final = "apikeys:*"  # every key below but SIGNING_KEY; tests check each name
+
+# keys' Redis user (bastion_common.redisacl): its own keys, the denylist (it revokes the
+# tokens it exchanged), the subject cut-offs (read only: auth writes them), the
+# revocation channel (publish only) and the audit stream, append only.
+REDIS_ACL: Final = AclUser(
+    "keys",
+    commands=(
+        *CONNECTION, *SCRIPTS, *TRANSACTIONS, "publish",
+        "get", "set", "del", "exists", "expire", "expireat", "ttl", "incr",
+        "hget", "hmget", "hgetall", "hset", "hincrby", "sadd", "srem", "scard", "smembers",
+        "zadd", "zrangebyscore",
+    ),
+    grants=(
+        Grant(KEY_PATTERN), Grant(SIGNING_KEY), Grant(DENYLIST_PATTERN),
+        Grant(SUBJECT_PATTERN, "R"), PUBLISH_GRANT,
+    ),
+    channels=(APIKEY_REVOKED_CHANNEL,),
+)  # fmt: skip
 
 
 def record_key(key_id: str) -> str:

@@ -67,6 +67,7 @@ def guard_config(settings: Settings) -> GuardConfig:
         rate_limits=settings.rate_limits,
         ip_capacity=settings.ip_capacity,
         ip_refill_per_second=settings.ip_refill_per_second,
+        trusted_proxies=tuple(settings.trusted_proxies),
     )
 
 
@@ -113,6 +114,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> FastAPI:
                 settings.sandbox_root,
                 extensions=settings.file_extensions,
                 max_bytes=settings.max_file_bytes,
+                quota_bytes=settings.sandbox_quota_bytes,
             )
             await anyio.to_thread.run_sync(sandbox.ensure_root)
             auditor = state.audit

@@ -181,8 +181,8 @@ class RateLimiter:
         keys: list[str] = []
         args: list[Any] = []
         for deny, subject, bucket, capacity, refill, cost, ttl, field, issued in calls:
-            keys += (deny, subject, bucket)
-            args += (capacity, refill, cost, ttl, field, repr(issued))
+            keys.append(bucket)
+            args += (deny, subject, capacity, refill, cost, ttl, field, repr(issued))
         evalsha = ("EVALSHA", self._sha, len(keys), *keys, *args)
         try:
             (results,) = await self._conn.execute(evalsha)

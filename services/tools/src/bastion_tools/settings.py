@@ -57,6 +57,9 @@ class Settings(ServiceSettings):
     )
 
     sandbox_root: str = "./sandbox"
+    sandbox_quota_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, description="total size of the files in the sandbox"
+    )
     file_extensions: list[str] = Field(default_factory=lambda: [".txt", ".md", ".json", ".csv"])
     max_file_bytes: int = Field(default=1024 * 1024, ge=1, le=16 * 1024 * 1024)
 

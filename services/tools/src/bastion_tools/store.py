@@ -7,12 +7,23 @@ from __future__ import annotations
 
 from typing import Final
 
+from bastion_common.audit import PUBLISH_GRANT
+from bastion_common.contracts import APIKEY_REVOKED_CHANNEL
+from bastion_common.redisacl import CONNECTION, SCRIPTS, AclUser, Grant
+from bastion_common.subjects import SUBJECT_PATTERN
+from bastion_common.tokens import DENYLIST_PATTERN
+
 __all__ = [
     "BUCKET_SCRIPT",
+    "KEY_PATTERNS",
+    "REDIS_ACL",
     "WEATHER_TTL_SECONDS",
     "bucket_ttl_ms",
+    "held_key",
     "ip_bucket_key",
+    "pins_key",
     "principal_bucket_key",
+    "seen_key",
     "weather_key",
 ]
 
@@ -35,6 +46,42 @@ def weather_key(city: str) -> str:
     return f"weather:obs:{city}"
 
 
+def pins_key(upstream: str) -> str:
+    """Hash: upstream tool name -> canonical JSON of its approved definition. No TTL."""
+    return f"gw:pins:{upstream}"
+
+
+def held_key(upstream: str) -> str:
+    """Hash: upstream tool name -> canonical JSON of a definition awaiting approval. No TTL."""
+    return f"gw:held:{upstream}"
+
+
+def seen_key(upstream: str) -> str:
+    """Set once the upstream was first listed: from then on, new tools are held. No TTL."""
+    return f"gw:seen:{upstream}"
+
+
+# every key above; tests check each name
+KEY_PATTERNS: Final = ("rl:*", "weather:obs:*", "gw:pins:*", "gw:held:*", "gw:seen:*")
+
+# tools' Redis user (bastion_common.redisacl): its buckets and observations; the denylist
+# and the subject cut-offs read only (a compromised tools cannot un-revoke a token); the
+# revocation channel to listen on; the audit stream, append only. TIME: the bucket
+# script reads Redis' clock.
+REDIS_ACL: Final = AclUser(
+    "tools",
+    commands=(
+        *CONNECTION, *SCRIPTS, "subscribe", "unsubscribe", "time",
+        "get", "set", "exists", "hget", "hmget", "hset", "pexpire", "hgetall", "hdel",
+    ),
+    grants=(
+        *(Grant(p) for p in KEY_PATTERNS),
+        Grant(DENYLIST_PATTERN, "R"), Grant(SUBJECT_PATTERN, "R"), PUBLISH_GRANT,
+    ),
+    channels=(APIKEY_REVOKED_CHANNEL,),
+)  # fmt: skip
+
+
 def bucket_ttl_ms(capacity: int, refill_per_second: float) -> int:
     """A bucket untouched for this long is full again, so it can be forgotten."""
     return int(capacity / refill_per_second * 1000) + 1000
@@ -45,11 +92,14 @@ def bucket_ttl_ms(capacity: int, refill_per_second: float) -> int:
 # One invocation decides a batch of calls, each exactly as if it ran alone, in order: the
 # limiter sends the calls that queued while the previous batch was in flight together.
 # The clock is Redis' own (TIME), so replicas with skewed clocks share one bucket correctly.
-# KEYS, three per call: the denylist key of the token's jti ("" to skip: API keys have no
-#   jti), the subject's hash (`bastion_common.subjects`; "" to skip), then the bucket key
-# ARGV, six per call: capacity, refill per second, cost, ttl ms, the subject hash's
-#   cut-off field (tokens_before for a token, keys_before for an API key), and when the
-#   credential was issued (epoch s): at or before the cut-off it is revoked
+# KEYS, one per call: the bucket key
+# ARGV, eight per call: the denylist key of the token's jti ("" to skip: API keys have no
+#   jti), the subject's hash (`bastion_common.subjects`; "" to skip), capacity, refill per
+#   second, cost, ttl ms, the subject hash's cut-off field (tokens_before for a token,
+#   keys_before for an API key), and when the credential was issued (epoch s): at or
+#   before the cut-off it is revoked. The denylist and subject keys travel in ARGV
+#   because tools may only read them (REDIS_ACL) and Redis counts every key in KEYS as
+#   written; the EXISTS and HGET on them are still checked against tools' ACL.
 # Returns one {status, remaining, retry_after} per call: status 1 allowed, 0 refused,
 # -1 revoked, -2 the bucket key holds something else (that call fails closed; the others
 # in the batch are decided as usual).
@@ -98,11 +148,10 @@ local function decide(deny, subject, bucket, capacity, rate, cost, ttl, field, i
 end
 
 local out = {}
-for i = 1, #KEYS / 3 do
-  local k = 3 * (i - 1)
-  local a = 6 * (i - 1)
-  out[i] = decide(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], tonumber(ARGV[a + 1]),
-    tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
+for i = 1, #KEYS do
+  local a = 8 * (i - 1)
+  out[i] = decide(ARGV[a + 1], ARGV[a + 2], KEYS[i], tonumber(ARGV[a + 3]),
+    tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), ARGV[a + 6], ARGV[a + 7], ARGV[a + 8])
 end
 return out
 """

@@ -18,25 +18,11 @@ from typing import Final, Literal
 from redis.asyncio import Redis
 
 from bastion_tools.gateway.definitions import digest
+from bastion_tools.store import held_key, pins_key, seen_key
 
-__all__ = ["Held", "PinStatus", "PinStore", "held_key", "pins_key", "seen_key"]
+__all__ = ["Held", "PinStatus", "PinStore"]
 
 PinStatus = Literal["same", "pinned", "held", "still_held", "changed", "added"]
-
-
-def pins_key(upstream: str) -> str:
-    """Hash: upstream tool name -> canonical JSON of its approved definition. No TTL."""
-    return f"gw:pins:{upstream}"
-
-
-def held_key(upstream: str) -> str:
-    """Hash: upstream tool name -> canonical JSON of a definition awaiting approval. No TTL."""
-    return f"gw:held:{upstream}"
-
-
-def seen_key(upstream: str) -> str:
-    """Set once the upstream was first listed: from then on, new tools are held. No TTL."""
-    return f"gw:seen:{upstream}"
 
 
 # KEYS: pins, held, seen. ARGV: mode (approve | auto), then tool, definition pairs.

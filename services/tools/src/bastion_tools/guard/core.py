@@ -3,7 +3,8 @@
 In order, each refusal answered here with its HTTP status and audited:
 
 1. Host and Origin (`transport`): 421 / 403.
-2. The per-IP bucket of failed authentications (`limits.IpThrottle`): 429 from memory.
+2. The per-IP bucket of failed authentications (`limits.IpThrottle`): 429 from memory
+   for a credential that fails while the address is over its budget.
 3. Authentication (`authn`): missing or invalid credential, 401 with the RFC 9728
    challenge; each failure also draws from the IP's bucket. Checker down: 503.
 4. The body (`body`, `rbac.read_calls`): too large, 413; too many messages, 400.
@@ -26,6 +27,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion_common.auditor import Auditor
+from bastion_common.clientip import client_ip
 from bastion_common.contracts import CLIENT_IP_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 from bastion_common.logging import get_logger
 from bastion_common.tokens import Principal, TokenError
@@ -60,6 +62,7 @@ class GuardConfig:
     rate_limits: Mapping[str, tuple[int, float]] = field(default_factory=dict)
     ip_capacity: int = 30
     ip_refill_per_second: float = 1.0
+    trusted_proxies: Sequence[str] = ()  # whose X-Forwarded-For is believed (clientip)
 
 
 @dataclass
@@ -91,7 +94,10 @@ class Guard:
         if scope["type"] != "http":
             return
         client = scope.get("client")
-        ip = str(client[0]) if client else "unknown"
+        forwarded = (
+            Headers(scope=scope).get("x-forwarded-for") if self.config.trusted_proxies else None
+        )
+        ip = client_ip(str(client[0]) if client else None, forwarded, self.config.trusted_proxies)
         try:
             await self._handle(scope, receive, send, ip)
         except Refusal as refusal:
@@ -117,8 +123,14 @@ class Guard:
         check_transport(
             headers.get("host"), headers.get("origin"), config.allowed_hosts, config.allowed_origins
         )
-        self.throttle.check(ip)
-        principal, credential = await self._authenticate(deps, headers.get("authorization"), ip)
+        # An address over its budget of failed credentials is refused from memory, but a
+        # credential that verifies still gets through (a verified token is cached, so
+        # it stays cheap): a proxy or NAT shared with an attacker must not lock out
+        # everyone behind it. Only failures are charged to the address.
+        blocked = self.throttle.refusal(ip)
+        principal, credential = await self._authenticate(
+            deps, headers.get("authorization"), ip, blocked
+        )
         body = b""
         try:
             if scope["method"] == "POST":
@@ -192,16 +204,23 @@ class Guard:
         )
 
     async def _authenticate(
-        self, deps: GuardDeps, authorization: str | None, ip: str
+        self, deps: GuardDeps, authorization: str | None, ip: str, blocked: Refusal | None
     ) -> tuple[Principal, str]:
         if not authorization:
+            if blocked is not None:
+                raise blocked
             await self._failed(deps, ip, "missing_token", None)
             raise authn.missing_credential(self._challenge())
         credential = authorization.partition(" ")[2].strip()
+        if blocked is not None and authn.credential_kind(credential) == "api_key":
+            # An unknown key costs a call to keys: from a blocked address, none is made.
+            raise blocked
         try:
             credential = authn.bearer_credential(authorization)
             return await deps.authenticator.authenticate(credential), credential
         except TokenError as exc:
+            if blocked is not None:
+                raise blocked from None  # neither audited nor charged again: from memory
             await self._failed(deps, ip, str(exc), credential)
             challenge = self._challenge("invalid_token", str(exc))
             raise authn.refused_credential(str(exc), challenge) from None

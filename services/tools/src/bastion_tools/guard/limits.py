@@ -122,15 +122,16 @@ class IpThrottle:
     def __init__(self) -> None:
         self._blocked: dict[str, float] = {}
 
-    def check(self, ip: str) -> None:
-        """Refuse (429) an IP known to be over its bucket, from memory."""
+    def refusal(self, ip: str) -> Refusal | None:
+        """The 429 for an IP known to be over its bucket (from memory), or None."""
         blocked_until = self._blocked.get(ip)
         if blocked_until is None:
-            return
+            return None
         wait = blocked_until - time.monotonic()
         if wait > 0:
-            raise _too_many_failures(wait)
+            return _too_many_failures(wait)
         del self._blocked[ip]
+        return None
 
     def block(self, ip: str, decision: Decision) -> Refusal:
         """The IP's bucket is empty: remember it, and the refusal to answer with."""

@@ -14,6 +14,10 @@ Two layers, both always applied:
    devices, FIFOs or sockets; no hard-linked file is read); files over the size limit
    are refused; writes go to a temporary file in the same directory, fsynced, then
    renamed over the target (which replaces a link, never writes through it).
+3. A quota: the regular files under the root may total at most `quota_bytes`; a write
+   that would pass it is refused and leaves nothing behind. Directories are created
+   only for a write that succeeds, and temporary files of writes interrupted by a crash
+   are removed when the sandbox opens (`ensure_root`).
 
 All methods are blocking: call them through `anyio.to_thread.run_sync`.
 """
@@ -25,7 +29,8 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Collection
+import threading
+from collections.abc import Collection, MutableSequence, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,8 @@ MAX_PATH_LENGTH = 255
 _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_LISTING = 1000
+DEFAULT_QUOTA_BYTES = 100 * 1024 * 1024
+_TMP_PREFIX = ".tmp-"
 
 
 # Not frozen: contextlib assigns __traceback__ to exceptions passing through it.
@@ -102,14 +109,54 @@ def _refusal(exc: OSError) -> SandboxError:
 
 class Sandbox:
     def __init__(
-        self, root: str | os.PathLike[str], *, extensions: Collection[str], max_bytes: int
+        self,
+        root: str | os.PathLike[str],
+        *,
+        extensions: Collection[str],
+        max_bytes: int,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
     ):
         self.root = Path(root).resolve()
         self.extensions = frozenset(e.lower() for e in extensions)
         self.max_bytes = max_bytes
+        self.quota_bytes = quota_bytes
+        # Measuring the use and writing happen together: two writes of this process
+        # cannot both fit in the same room.
+        self._writing = threading.Lock()
 
     def ensure_root(self) -> None:
+        """Create the root, and remove what interrupted writes left (their temp files)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        for directory, _dirs, files in os.walk(self.root, followlinks=False):
+            for name in files:
+                if name.startswith(_TMP_PREFIX):
+                    Path(directory, name).unlink(missing_ok=True)
+
+    def used_bytes(self) -> int:
+        """The size of every regular file under the root (symlinks are not followed)."""
+        total = 0
+        for directory, _dirs, files in os.walk(self.root, followlinks=False):
+            for name in files:
+                try:
+                    st = os.stat(os.path.join(directory, name), follow_symlinks=False)
+                except OSError:
+                    continue  # deleted meanwhile
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+        return total
+
+    def _check_quota(self, parts: Sequence[str], size: int) -> None:
+        target = self.root.joinpath(*parts)
+        try:
+            st = os.stat(target, follow_symlinks=False)
+            replaced = st.st_size if stat.S_ISREG(st.st_mode) else 0
+        except OSError:
+            replaced = 0
+        if self.used_bytes() - replaced + size > self.quota_bytes:
+            raise SandboxError(
+                f"the sandbox is full: this write would pass its quota of {self.quota_bytes}"
+                " bytes; delete files first"
+            )
 
     # -- the checks --------------------------------------------------------------------
 
@@ -126,14 +173,23 @@ class Sandbox:
             raise SandboxError("path leaves the sandbox root")
         return clean.split("/") if clean else []
 
-    def _open_dir(self, parts: list[str], *, create: bool = False) -> int:
-        """A descriptor of the directory `parts`, walked without following any symlink."""
+    def _open_dir(
+        self,
+        parts: Sequence[str],
+        *,
+        create: bool = False,
+        created: MutableSequence[str] | None = None,
+    ) -> int:
+        """A descriptor of the directory `parts`, walked without following any symlink;
+        with `create`, missing ones are made and their paths appended to `created`."""
         fd = os.open(self.root, _DIR_FLAGS)
         try:
-            for part in parts:
+            for depth, part in enumerate(parts):
                 if create:
                     try:
                         os.mkdir(part, 0o755, dir_fd=fd)
+                        if created is not None:
+                            created.append("/".join(parts[: depth + 1]))
                     except FileExistsError:
                         pass
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
@@ -210,9 +266,29 @@ class Sandbox:
         data = content.encode("utf-8")
         if len(data) > self.max_bytes:
             raise SandboxError(f"content is larger than {self.max_bytes} bytes")
-        *dirs, name = self._parts(path, is_file=True)
-        dir_fd = self._open_dir(dirs, create=True)
-        tmp = f".tmp-{secrets.token_hex(8)}"
+        parts = self._parts(path, is_file=True)
+        with self._writing:
+            self._check_quota(parts, len(data))
+            created: MutableSequence[str] = []
+            try:
+                return self._write(parts, data, created)
+            except BaseException:
+                self._remove_dirs(created)  # a refused write leaves no directory behind
+                raise
+
+    def _remove_dirs(self, created: Sequence[str]) -> None:
+        for rel in reversed(created):
+            try:
+                os.rmdir(self.root / rel)
+            except OSError:
+                return  # no longer empty (another write used it): keep it
+
+    def _write(
+        self, parts: Sequence[str], data: bytes, created: MutableSequence[str]
+    ) -> dict[str, Any]:
+        *dirs, name = parts
+        dir_fd = self._open_dir(dirs, create=True, created=created)
+        tmp = f"{_TMP_PREFIX}{secrets.token_hex(8)}"
         try:
             try:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
