@@ -24,6 +24,7 @@ from tests.integration.audit_api import AuditApi
 from tests.integration.conftest import Stack
 from tests.integration.mcp_http import McpHttp
 from tests.integration.oauth import OAuthClient
+from tests.integration.test_attacks import create_user
 
 EVENT_TYPES = ("tool.called", "ratelimit.refused")
 
@@ -96,24 +97,6 @@ class Load:
 
     def statuses(self, calls: list[Call]) -> dict[int, int]:
         return dict(sorted(Counter(c.status for c in calls).items()))
-
-
-async def create_user(stack: Stack, role: str) -> tuple[str, str]:
-    env = stack.env
-    client = await OAuthClient.register(stack.urls["auth"], "fault-admin")
-    admin_token = await client.token(
-        env["BOOTSTRAP_ADMIN_USERNAME"], env["BOOTSTRAP_ADMIN_PASSWORD"],
-        resource=f"{stack.urls['auth']}/admin", scope="admin:users",
-    )  # fmt: skip
-    username, password = f"load-{role}-{secrets.token_hex(3)}", secrets.token_urlsafe(16)
-    async with httpx2.AsyncClient(timeout=10) as http:
-        created = await http.post(
-            f"{stack.urls['auth']}/admin/users",
-            json={"username": username, "password": password, "roles": [role]},
-            headers={"Authorization": f"Bearer {admin_token['access_token']}"},
-        )
-    assert created.status_code == 201, created.text
-    return username, password
 
 
 async def events_per_request(
