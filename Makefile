@@ -20,7 +20,7 @@ help:
 	@echo "make logs        follow the services' JSON logs"
 	@echo "make test        unit tests, then the integration tests against a fresh stack"
 	@echo "make fuzz        schemathesis against keys and audit, 1000 cases per operation"
-	@echo "make soak        30 minutes of mixed load on the stack: memory, p99, audit lag"
+	@echo "make soak        mixed load on the stack (30 min): memory, p99, audit lag"
 	@echo "make lint        ruff and mypy --strict"
 	@echo "make install     the virtual environment ($(VENV)) from requirements.lock"
 
