@@ -1,8 +1,8 @@
 """A clock step: tokens signed with auth's real key by a node whose clock is off.
 
-The tokens are made inside the auth container, with its settings, its Redis and its
-current signing key, and claims (iat, nbf, exp) as a node would write them whose clock
-is `offset` seconds ahead (or behind). tools must accept them exactly as its 30 s of
+The tokens are made inside the auth container with its real key (tests/integration/mint.py),
+with claims (iat, nbf, exp) as a node would write them whose clock is `offset` seconds
+ahead (or behind). tools must accept them exactly as its 30 s of
 leeway says: 20 s ahead accepted, 2 minutes ahead refused; expired 20 s ago accepted,
 40 s ago refused.
 """
@@ -16,34 +16,13 @@ import pytest
 
 from tests.integration.conftest import Stack
 from tests.integration.mcp_http import McpHttp
+from tests.integration.mint import mint_token
 
 pytestmark = pytest.mark.anyio
 
-_MINT = """
-import asyncio, sys, time, uuid
-from bastion_auth.keys import KeyRing
-from bastion_auth.settings import Settings
-from bastion_common.redis import create_redis
-from bastion_common.settings import load_settings
-
-async def main(offset, lifetime, resource):
-    settings = load_settings(Settings)
-    redis = create_redis(settings.redis_url.get_secret_value())
-    now = int(time.time() + offset)
-    claims = {"iss": settings.issuer, "sub": "clock-test", "aud": resource,
-              "iat": now, "nbf": now, "exp": now + lifetime, "jti": uuid.uuid4().hex,
-              "client_id": "clock-test", "scope": "weather:read", "roles": ["user"]}
-    print(await KeyRing(redis, settings).sign(claims))
-    await redis.aclose()
-
-asyncio.run(main(float(sys.argv[1]), int(sys.argv[2]), sys.argv[3]))
-"""
-
 
 def _token(stack: Stack, offset: float, lifetime: int = 300) -> str:
-    resource = f"{stack.urls['tools']}/mcp"
-    out = stack.exec("auth", "python", "-c", _MINT, str(offset), str(lifetime), resource)
-    return out.strip().splitlines()[-1]
+    return mint_token(stack, offset=offset, lifetime=lifetime, subject="clock-test")
 
 
 async def _status(stack: Stack, token: str) -> tuple[int, str]:

@@ -30,6 +30,7 @@ from bastion_common.permissions import ALL_PERMISSIONS
 from tests.integration.audit_api import AuditApi, now
 from tests.integration.browser import BrowserResult, HeadlessBrowser
 from tests.integration.conftest import ACCESS_TOKEN_TTL, CIMD_HOST, Stack
+from tests.integration.mint import mint_token
 from tests.integration.oauth import REDIRECT_URI
 from tests.integration.test_gateway import GATEWAY_PREFIXES
 from tests.integration.test_roles import TOOL_PERMISSION
@@ -178,10 +179,11 @@ async def test_the_sdk_client_refreshes_an_expired_access_token_and_keeps_callin
         assert storage.tokens is not None and storage.tokens.refresh_token
         old = storage.tokens.model_copy()
         assert old.expires_in == ACCESS_TOKEN_TTL
-        # The stack issues 60-second access tokens: let this one expire. (Resource servers
-        # allow 30 s of clock skew on top; the client refreshes at the token's own expiry.)
-        await anyio.sleep(ACCESS_TOKEN_TTL + 2)
-        assert _unverified_claims(old.access_token)["exp"] < time.time()
+        # The SDK refreshes when its own clock passes the token's expiry (expires_in from
+        # the token response): move that moment to now, which is what waiting out the
+        # stack's 60-second tokens would do, without the minute.
+        assert provider.context.token_expiry_time is not None
+        provider.context.token_expiry_time = time.time() - 1
         after = await client.call_tool("get_weather", {"city": "Lyon"})
         listed = await client.list_tools()
 
@@ -203,16 +205,20 @@ async def test_the_sdk_client_refreshes_an_expired_access_token_and_keeps_callin
     issued = await audit.events("token.issued", since=since, principal=admin(stack)[0])
     assert len([e for e in issued if e["client_id"] == client_id]) == 1  # one login only
 
-    # The replaced access token, once past its expiry and the 30 s of allowed clock
-    # skew, is refused at tools (and the refusal audited), though nobody revoked it.
+    # An access token past its expiry and the 30 s of allowed clock skew is refused at
+    # tools (and the refusal audited), though nobody revoked it: one signed by auth's
+    # real key that expired 35 s ago (tests/integration/mint.py), not a 90-second wait.
     rid = secrets.token_hex(16)
-    expires = _unverified_claims(old.access_token)["exp"]
-    await anyio.sleep(max(0.0, expires + 31 - time.time()))
+    expired = mint_token(
+        stack, offset=-(ACCESS_TOKEN_TTL + 35), lifetime=ACCESS_TOKEN_TTL,
+        resource=mcp_url, subject=admin(stack)[0],
+    )  # fmt: skip
+    assert _unverified_claims(expired)["exp"] < time.time() - 30
     async with httpx2.AsyncClient(timeout=10) as http:
         late = await http.post(
             mcp_url,
             json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-            headers={"Authorization": f"Bearer {old.access_token}", "X-Request-ID": rid,
+            headers={"Authorization": f"Bearer {expired}", "X-Request-ID": rid,
                      "Accept": "application/json, text/event-stream"},
         )  # fmt: skip
     assert late.status_code == 401
