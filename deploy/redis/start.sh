@@ -5,24 +5,28 @@
 # a password stops the start: Redis never runs with a user anyone could log in as.
 set -eu
 umask 077
-source=${BASTION_ACL_SOURCE:-/etc/redis/bastion-users.acl}
+# BASTION_ACL_SOURCE: one ACL file, or several separated by spaces (the test stack adds
+# a read-only inspector user this way; tests/integration/redis-inspector.acl).
+sources=${BASTION_ACL_SOURCE:-/etc/redis/bastion-users.acl}
 out=${BASTION_ACL_RENDERED:-/tmp/users.acl}
 : > "$out"
-while read -r kind name rest; do
-  case "$kind" in user) ;; *) continue ;; esac
-  if [ "$name" = default ]; then
-    printf 'user default %s\n' "$rest" >> "$out"
-    continue
-  fi
-  var="REDIS_PASSWORD_$(printf '%s' "$name" | tr 'a-z' 'A-Z')"
-  eval "password=\${$var:-}"
-  if [ "${#password}" -lt 32 ]; then
-    echo "redis: $var is missing or shorter than 32 characters (run make up)" >&2
-    exit 1
-  fi
-  # The rule starts with "on": the password goes right after it.
-  printf 'user %s on >%s %s\n' "$name" "$password" "${rest#on }" >> "$out"
-done < "$source"
+for source in $sources; do
+  while read -r kind name rest; do
+    case "$kind" in user) ;; *) continue ;; esac
+    if [ "$name" = default ]; then
+      printf 'user default %s\n' "$rest" >> "$out"
+      continue
+    fi
+    var="REDIS_PASSWORD_$(printf '%s' "$name" | tr 'a-z' 'A-Z')"
+    eval "password=\${$var:-}"
+    if [ "${#password}" -lt 32 ]; then
+      echo "redis: $var is missing or shorter than 32 characters (run make up)" >&2
+      exit 1
+    fi
+    # The rule starts with "on": the password goes right after it.
+    printf 'user %s on >%s %s\n' "$name" "$password" "${rest#on }" >> "$out"
+  done < "$source"
+done
 # Bounded memory: noeviction refuses a write when full rather than silently dropping a
 # revocation, a lockout or an audit entry (services report not ready before then).
 exec redis-server --aclfile "$out" --maxmemory "${REDIS_MAXMEMORY:-256mb}" \

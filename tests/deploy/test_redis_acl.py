@@ -28,7 +28,7 @@ import bastion_keys.store as keys_store
 import bastion_tools.store as tools_store
 from bastion_common import audit, contracts, subjects, tokens
 from bastion_common.audit import AUDIT_STREAM
-from bastion_common.redisacl import AclUser
+from bastion_common.redisacl import AclUser, Lifetime
 from bastion_common.subjects import subject_key
 from bastion_common.tokens import denylist_key
 from deploy import redis_acl
@@ -129,6 +129,21 @@ def test_every_key_a_service_names_is_inside_its_own_acl(
     assert len(names) >= minimum  # the scan found the module's keys
     for key in names:
         assert user.may(key, "RW"), f"{module.__name__} names {key!r} outside its ACL"
+
+
+@pytest.mark.parametrize("module", [auth_store, keys_store, tools_store, audit_keys])
+def test_every_key_a_service_names_has_one_declared_lifetime(module: ModuleType) -> None:
+    # A TTL or a stated bound (Redis never evicts): a new key without one fails here
+    # before the stack's keyspace scan (tests/integration/test_state_bounds.py) sees it.
+    lifetimes: tuple[Lifetime, ...] = module.LIFETIMES
+    for key in _key_names(module):
+        matching = [lifetime.pattern for lifetime in redis_acl.LIFETIMES if lifetime.matches(key)]
+        assert len(matching) == 1, f"{module.__name__} names {key!r}: declared by {matching}"
+        assert any(lifetime.matches(key) for lifetime in lifetimes), f"{key!r} not in its owner"
+    for lifetime in lifetimes:
+        example = lifetime.pattern.replace("*", "x")
+        assert module.REDIS_ACL.may(example, "W"), f"{lifetime.pattern} outside its owner's ACL"
+        assert lifetime.bound is None or len(lifetime.bound) > 5  # a bound says what it is
 
 
 def test_the_default_user_is_off(acl_redis: AclRedis) -> None:

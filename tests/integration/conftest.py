@@ -92,6 +92,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for name, port in ports.items():
             fh.write(f"{name.upper()}_PORT={port}\n")
         fh.write(f"IMAGE_TAG={project}\n")
+        fh.write(f"REDIS_PASSWORD_INSPECTOR={secrets.token_urlsafe(48)}\n")
         # A short refresh grace window, so the reuse attack needs no long sleep.
         fh.write("AUTH_REFRESH_GRACE_SECONDS=1\n")
         fh.write(f"AUTH_ACCESS_TOKEN_TTL={ACCESS_TOKEN_TTL}\n")

@@ -160,6 +160,32 @@ async def test_a_poison_message_lands_in_the_dead_letter_stream_with_its_reason(
 
 
 @pytest.mark.anyio
+async def test_a_flood_of_junk_cannot_grow_the_dead_letter_stream_without_bound(
+    redis: Redis, store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any publisher may XADD (it is how every service audits): junk is dead-lettered, and
+    # only the newest DEAD_LETTER_MAX entries are kept (each one is logged as well).
+    monkeypatch.setattr("bastion_audit.collector.DEAD_LETTER_MAX", 200)
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(1000):
+            pipe.xadd(AUDIT_STREAM, {"v": "1", "junk": str(i)})
+        ids = await pipe.execute()
+    first = collector(redis, store, batch_size=100)
+    await first.ensure_group()
+    async with running(first):
+        with anyio.fail_after(10):
+            while await pending(redis) or await redis.xlen(AUDIT_STREAM) > 1000:
+                await anyio.sleep(0.02)
+            while (await redis.xrevrange(DEAD_LETTER_STREAM, count=1) or [(b"", {})])[0][1].get(
+                b"entry_id"
+            ) != ids[-1]:
+                await anyio.sleep(0.02)
+    # Trimming is approximate (whole stream nodes of 100 entries): within one node.
+    assert 200 <= await redis.xlen(DEAD_LETTER_STREAM) <= 300
+    assert store.count() == 0
+
+
+@pytest.mark.anyio
 async def test_two_replicas_at_once_store_every_event_once_in_one_chain(
     redis_url: str, tmp_path: Path, signer: CheckpointSigner
 ) -> None:

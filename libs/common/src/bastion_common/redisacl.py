@@ -9,6 +9,10 @@ commands it sends and the keys it owns or reads:
   shared ones each owner exports (the denylist, subject hashes, the audit stream).
 - `deploy/redis_acl.py` renders every user into `deploy/redis/users.acl`; a test fails
   when that file differs from what the owners declare, so a new key cannot be forgotten.
+- The same owner declares each key's `Lifetime`: a TTL, or the stated bound of a key
+  that has none (Redis runs with `maxmemory` and `noeviction`, so unbounded state is an
+  outage waiting). The integration suite scans the running stack's keyspace and fails
+  on a key nobody declared, or on a key without a TTL that was declared to have one.
 - The Redis container adds each user's password from its environment at start
   (`deploy/redis/start.sh`); the file itself holds no secret.
 
@@ -38,6 +42,7 @@ __all__ = [
     "TRANSACTIONS",
     "AclUser",
     "Grant",
+    "Lifetime",
     "render",
 ]
 
@@ -67,6 +72,18 @@ class Grant:
     def selector(self) -> str:
         commands = " ".join(f"+{c}" for c in self.only)
         return f"({self.key_rule()} {commands})"
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    """How long keys matching `pattern` (a Redis glob) live: every one has a TTL when
+    `bound` is None; otherwise they have none and `bound` says what limits their number."""
+
+    pattern: str
+    bound: str | None = None
+
+    def matches(self, key: str) -> bool:
+        return fnmatchcase(key, self.pattern)
 
 
 @dataclass(frozen=True)

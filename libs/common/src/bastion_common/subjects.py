@@ -28,10 +28,12 @@ from typing import Final, Literal
 
 from redis.asyncio import Redis
 
+from bastion_common.redisacl import Lifetime
 from bastion_common.tokens import Principal, denylist_key
 
 __all__ = [
     "KEYS_BEFORE",
+    "SUBJECT_LIFETIME",
     "SUBJECT_PATTERN",
     "TOKENS_BEFORE",
     "SubjectState",
@@ -45,6 +47,8 @@ __all__ = [
 
 SUBJECT_PREFIX: Final = "subject:"
 SUBJECT_PATTERN: Final = f"{SUBJECT_PREFIX}*"  # Redis ACL: auth writes it, others read
+# No TTL: a sign-out cut-off must outlive every token and key issued before it.
+SUBJECT_LIFETIME: Final = Lifetime(SUBJECT_PATTERN, "one per user account")
 TOKENS_BEFORE: Final = "tokens_before"
 KEYS_BEFORE: Final = "keys_before"
 

@@ -44,9 +44,11 @@ from redis.asyncio import Redis
 from bastion_common.errors import ServiceError
 from bastion_common.logging import get_logger, request_id_headers
 from bastion_common.permissions import parse_scope
+from bastion_common.redisacl import Lifetime
 
 __all__ = [
     "ID_JAG_TYP",
+    "DENYLIST_LIFETIME",
     "DENYLIST_PATTERN",
     "MAX_LEEWAY_SECONDS",
     "AssertionValidator",
@@ -63,6 +65,7 @@ __all__ = [
 MAX_LEEWAY_SECONDS = 30
 DENYLIST_PREFIX = "revoked:jti:"
 DENYLIST_PATTERN = f"{DENYLIST_PREFIX}*"  # Redis ACL: auth and keys write it, others read
+DENYLIST_LIFETIME = Lifetime(DENYLIST_PATTERN)  # an entry lives until its token would expire
 ASYMMETRIC_ALGORITHMS = frozenset({"ES256", "ES384", "RS256", "PS256", "EdDSA"})
 log = get_logger(__name__)
 

@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from bastion_audit.anchor import AnchorBook
-from bastion_audit.redis_keys import DEAD_LETTER_STREAM
+from bastion_audit.redis_keys import DEAD_LETTER_MAX, DEAD_LETTER_STREAM
 from bastion_audit.store import AuditStore
 from bastion_common.audit import AUDIT_STREAM, AuditEvent, split_batch
 from bastion_common.eventsign import Provenance, check_entry
@@ -310,6 +310,8 @@ class Collector:
                 pipe.xadd(
                     DEAD_LETTER_STREAM,
                     {"entry_id": entry_id, "reason": reason, "raw": repr(raw)[:_RAW_LIMIT]},
+                    maxlen=DEAD_LETTER_MAX,
+                    approximate=True,
                 )
             pipe.xack(self._stream, self._group, *[entry_id for entry_id, _ in entries])
             await pipe.execute()

@@ -8,10 +8,11 @@ never stored in clear.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Final
 
 from bastion_common.audit import PUBLISH_GRANT
-from bastion_common.redisacl import CONNECTION, SCRIPTS, TRANSACTIONS, AclUser, Grant
+from bastion_common.redisacl import CONNECTION, SCRIPTS, TRANSACTIONS, AclUser, Grant, Lifetime
 from bastion_common.subjects import SUBJECT_PATTERN
 from bastion_common.tokens import DENYLIST_PATTERN
 
@@ -35,6 +36,7 @@ __all__ = [
     "LOCK_ACCOUNT_FAILS",
     "LOCK_ACCOUNT_UNTIL",
     "KEY_PATTERN",
+    "LIFETIMES",
     "LOCK_IP_FAILS",
     "REFRESH",
     "QUOTA",
@@ -99,6 +101,38 @@ LOCK_IP_FAILS = "auth:lock:ip_fails:{ip}"  # failures per client IP in lockout_w
 QUOTA = "auth:quota:{name}:{ip}"  # requests of one kind from one address, its window (quota.py)
 
 KEY_PATTERN: Final = "auth:*"  # every key above; tests check each name against it
+
+_ONE_PER_USER = "one per user account (created by an admin, or linked at first sign-in)"
+
+
+def _glob(template: str) -> str:
+    return re.sub(r"\{[^}]+\}", "*", template)
+
+
+# How long each key above lives (bastion_common.redisacl.Lifetime): a TTL unless a bound
+# is stated. tests/integration/test_state_bounds.py checks the running stack against it.
+LIFETIMES: Final = (
+    Lifetime(_glob(USER), _ONE_PER_USER),
+    Lifetime(USERS, _ONE_PER_USER),
+    Lifetime(
+        _glob(CLIENT),
+        "clients from settings or the admin; DCR clients expire after dcr_client_ttl unused"
+        " and /register is limited per address (quota.py)",
+    ),
+    *(Lifetime(_glob(k)) for k in (CIMD_CACHE, FED_STATE, IDJAG_JTI, AUTH_REQUEST, SESSION)),
+    Lifetime(_glob(FED_LINK), "one per linked account of a user"),
+    Lifetime(_glob(FED_USER), _ONE_PER_USER),
+    *(Lifetime(_glob(k)) for k in (CODE, CODE_USED, REFRESH, REFRESH_NEXT, FAMILY)),
+    *(Lifetime(_glob(k)) for k in (FAMILY_JTIS, USER_FAMILIES, ACCESS_RECORD)),
+    Lifetime(
+        SIGNING_KEYS,
+        "one hash, a field per key rotation (an admin action); retired keys stay, unpublished",
+    ),
+    Lifetime(SIGNING_INIT_LOCK),
+    Lifetime(BOOTSTRAP_LOCK),
+    *(Lifetime(_glob(k)) for k in (LOCK_ACCOUNT_FAILS, LOCK_ACCOUNT_UNTIL, LOCK_IP_FAILS)),
+    Lifetime(_glob(QUOTA)),
+)
 
 # auth's Redis user (bastion_common.redisacl): its own keys, the denylist and the subject
 # cut-offs it writes, and the audit stream, append only.

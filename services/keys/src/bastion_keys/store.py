@@ -25,13 +25,14 @@ from redis.asyncio import Redis
 
 from bastion_common.audit import PUBLISH_GRANT
 from bastion_common.contracts import APIKEY_REVOKED_CHANNEL
-from bastion_common.redisacl import CONNECTION, SCRIPTS, TRANSACTIONS, AclUser, Grant
+from bastion_common.redisacl import CONNECTION, SCRIPTS, TRANSACTIONS, AclUser, Grant, Lifetime
 from bastion_common.subjects import SUBJECT_PATTERN
 from bastion_common.tokens import DENYLIST_PATTERN, denylist_key
 
 __all__ = [
     "APIKEY_REVOKED_CHANNEL",
     "KEY_PATTERN",
+    "LIFETIMES",
     "RECORD_RETENTION_SECONDS",
     "REDIS_ACL",
     "SIGNING_KEY",
@@ -50,6 +51,12 @@ SIGNING_KEY: Final = "keys:signing_key"
 _RECORD_PREFIX: Final = "apikeys:rec:"
 _INDEX_PREFIX: Final = "apikeys:idx:"
 KEY_PATTERN: Final = "apikeys:*"  # every key below but SIGNING_KEY; tests check each name
+# How long each key lives (bastion_common.redisacl.Lifetime): every apikeys: key expires
+# (the functions below say when); the signing key is one key.
+LIFETIMES: Final = (
+    *(Lifetime(f"apikeys:{kind}:*") for kind in ("rec", "idx", "owner", "jtis", "fail")),
+    Lifetime(SIGNING_KEY, "one key"),
+)
 
 # keys' Redis user (bastion_common.redisacl): its own keys, the denylist (it revokes the
 # tokens it exchanged), the subject cut-offs (read only: auth writes them), the

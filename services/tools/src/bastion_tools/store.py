@@ -9,13 +9,14 @@ from typing import Final
 
 from bastion_common.audit import PUBLISH_GRANT
 from bastion_common.contracts import APIKEY_REVOKED_CHANNEL
-from bastion_common.redisacl import CONNECTION, SCRIPTS, AclUser, Grant
+from bastion_common.redisacl import CONNECTION, SCRIPTS, AclUser, Grant, Lifetime
 from bastion_common.subjects import SUBJECT_PATTERN
 from bastion_common.tokens import DENYLIST_PATTERN
 
 __all__ = [
     "BUCKET_SCRIPT",
     "KEY_PATTERNS",
+    "LIFETIMES",
     "REDIS_ACL",
     "WEATHER_TTL_SECONDS",
     "bucket_ttl_ms",
@@ -63,6 +64,15 @@ def seen_key(upstream: str) -> str:
 
 # every key above; tests check each name
 KEY_PATTERNS: Final = ("rl:*", "weather:obs:*", "gw:pins:*", "gw:held:*", "gw:seen:*")
+_PER_UPSTREAM = "one per upstream of the policy file, a field per tool it lists"
+# How long each key lives (bastion_common.redisacl.Lifetime).
+LIFETIMES: Final = (
+    Lifetime("rl:*"),
+    Lifetime("weather:obs:*"),
+    Lifetime("gw:pins:*", _PER_UPSTREAM),
+    Lifetime("gw:held:*", _PER_UPSTREAM),
+    Lifetime("gw:seen:*", "one per upstream of the policy file"),
+)
 
 # tools' Redis user (bastion_common.redisacl): its buckets and observations; the denylist
 # and the subject cut-offs read only (a compromised tools cannot un-revoke a token); the
