@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from bastion_auth import admin, authorize, federated, grants, introspection, revocation
 from bastion_auth.clients import SERVICE_CLIENT, ClientStore
 from bastion_auth.deps import AuthContext
+from bastion_auth.exchange import TOKEN_EXCHANGE
 from bastion_auth.federation import Federation
 from bastion_auth.idjag import JWT_BEARER, IdJagGrant
 from bastion_auth.keys import KeyRing
@@ -80,6 +81,9 @@ async def build_context(settings: Settings, state: ServiceState) -> AuthContext:
                 settings.audit_resource.rstrip("/"): ["metrics:view"],
                 settings.keys_resource.rstrip("/"): [],
             },
+            # The gateway exchanges callers' tokens for upstreams' (bastion_auth.exchange).
+            grant_types=["client_credentials"]
+            + ([TOKEN_EXCHANGE] if settings.exchange_audiences else []),
         )
     for client in settings.idjag_clients:
         await ctx.clients.register_service_client(

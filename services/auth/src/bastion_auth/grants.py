@@ -1,12 +1,14 @@
 """The token endpoint (RFC 6749 §3.2): authorization_code (+PKCE, RFC 8707 resource),
 refresh_token (rotation, reuse detection, grace window), client_credentials, and the
-jwt-bearer grant with an ID-JAG assertion (RFC 7523, `bastion_auth.idjag`).
+jwt-bearer grant with an ID-JAG assertion (RFC 7523, `bastion_auth.idjag`), and token
+exchange for the gateway (RFC 8693, `bastion_auth.exchange`).
 
 Responses carry `Cache-Control: no-store` (RFC 6749 §5.1); errors are RFC 6749 §5.2 JSON.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,6 +20,7 @@ from bastion_auth.clientauth import credentials_from
 from bastion_auth.clients import Client
 from bastion_auth.deps import AuthContext, Ctx, client_ip
 from bastion_auth.errors import OAuthError, oauth_error_response
+from bastion_auth.exchange import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE, check_exchange
 from bastion_auth.idjag import JWT_BEARER
 from bastion_auth.linking import FederationError
 from bastion_auth.resources import check_resource, grant_scopes
@@ -75,8 +78,10 @@ async def token(request: Request, ctx: Ctx) -> Response:
         client = await authenticate_client(ctx, request, form)
         client_id = client.client_id
         if grant_type not in client.grant_types:
-            if grant_type in ("authorization_code", "refresh_token", "client_credentials") or (
-                grant_type == JWT_BEARER and ctx.idjag.enabled
+            if (
+                grant_type in ("authorization_code", "refresh_token", "client_credentials")
+                or (grant_type == JWT_BEARER and ctx.idjag.enabled)
+                or (grant_type == TOKEN_EXCHANGE and ctx.settings.exchange_audiences)
             ):
                 raise OAuthError("unauthorized_client", "this client may not use this grant")
             raise OAuthError("unsupported_grant_type", "grant_type is not supported")
@@ -86,6 +91,8 @@ async def token(request: Request, ctx: Ctx) -> Response:
             body = await _refresh(ctx, client, form, resources, ip)
         elif grant_type == JWT_BEARER:
             body = await _jwt_bearer(ctx, client, form, resources, ip)
+        elif grant_type == TOKEN_EXCHANGE:
+            body = await _token_exchange(ctx, client, form, resources, ip)
         else:
             body = await _client_credentials(ctx, client, form, resources, ip)
     except OAuthError as exc:
@@ -315,6 +322,39 @@ async def _jwt_bearer(
     )
     return {
         "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": claims["exp"] - claims["nbf"],
+        "scope": claims["scope"],
+    }
+
+
+async def _token_exchange(
+    ctx: AuthContext, client: Client, form: dict[str, str], resources: list[str], ip: str
+) -> dict[str, Any]:
+    exchange = await check_exchange(ctx.settings, ctx.tokens, client, form, resources)
+    access, claims = await ctx.tokens.access_token(
+        sub=exchange.subject,
+        client_id=client.client_id,
+        resource=exchange.resource,
+        scopes=exchange.scopes,
+        roles=exchange.roles,
+        ttl=exchange.expires_at - int(time.time()),
+        act=exchange.act,
+    )
+    ctx.event(
+        "token.issued",
+        principal=exchange.subject,
+        client_id=client.client_id,
+        ip=ip,
+        grant_type=TOKEN_EXCHANGE,
+        aud=exchange.resource,
+        scope=claims["scope"],
+        act=exchange.act,
+        subject_jti=exchange.subject_jti,
+    )
+    return {
+        "access_token": access,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
         "token_type": "Bearer",
         "expires_in": claims["exp"] - claims["nbf"],
         "scope": claims["scope"],

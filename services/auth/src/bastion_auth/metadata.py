@@ -58,4 +58,6 @@ def metadata_document(settings: Settings) -> dict[str, Any]:
     doc["resource_indicators_supported"] = sorted(settings.resources)
     if settings.idjag_issuers:  # RFC 7523 with ID-JAG assertions (bastion_auth.idjag)
         doc["grant_types_supported"].append("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    if settings.exchange_audiences:  # RFC 8693 for the gateway (bastion_auth.exchange)
+        doc["grant_types_supported"].append("urn:ietf:params:oauth:grant-type:token-exchange")
     return doc

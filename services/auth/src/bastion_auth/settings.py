@@ -130,6 +130,8 @@ class AssertionClient(_SecretByReference):
     client_id: str = Field(min_length=1, max_length=256)
 
 
+_SCOPE = r"^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$"
+
 HS256_REFUSED = (
     "HS256 mode is not supported: keys and audit accept only ES256 tokens from auth's JWKS,"
     " and one shared secret would let any service holding it mint tokens for every"
@@ -198,6 +200,13 @@ class Settings(ServiceSettings):
         default_factory=list, description="confidential clients that may present ID-JAGs"
     )
     idjag_max_lifetime: int = Field(default=300, ge=30, le=3600)
+    # Token exchange (RFC 8693, exchange.py): upstream MCP servers that trust our tokens,
+    # {resource URI: [scopes it offers]}; only the gateway's client may exchange for them.
+    token_exchange_audiences: dict[str, list[Annotated[str, Field(pattern=_SCOPE)]]] = Field(
+        default_factory=dict,
+        description="upstream resources the gateway may exchange callers' tokens for (JSON)",
+    )
+    token_exchange_ttl: int = Field(default=300, ge=30, le=3600)
 
     # Brute force (per account and per client IP, both over `lockout_window`).
     lockout_threshold: int = Field(default=5, ge=1)
@@ -261,6 +270,14 @@ class Settings(ServiceSettings):
             self.admin_resource: frozenset({"admin:users"}),
         }
 
+    @property
+    def exchange_audiences(self) -> dict[str, frozenset[str]]:
+        """Upstream resource URI -> scopes it offers, for token exchange only."""
+        return {
+            uri.rstrip("/"): frozenset(scopes)
+            for uri, scopes in self.token_exchange_audiences.items()
+        }
+
     def resource_name(self, resource: str) -> str:
         defaults = {
             self.tools_resource.rstrip("/"): "MCP tools",
@@ -303,6 +320,19 @@ class Settings(ServiceSettings):
                 raise ValueError(f"AUTH_IDJAG_CLIENTS: {client.client_id}: {exc}") from None
             if problem:
                 raise ValueError(f"AUTH_IDJAG_CLIENTS: {client.client_secret_env} {problem}")
+        for uri, scopes in self.exchange_audiences.items():
+            where = f"AUTH_TOKEN_EXCHANGE_AUDIENCES: {uri}"
+            if not uri.startswith(("https://", "http://")):
+                raise ValueError(f"{where}: an audience is an http(s) resource URI")
+            if uri in self.resources:
+                raise ValueError(f"{where}: is one of our own resources, not an upstream")
+            if not scopes:
+                raise ValueError(f"{where}: name the scopes it offers")
+        if self.exchange_audiences and self.tools_client_secret is None:
+            raise ValueError(
+                "AUTH_TOKEN_EXCHANGE_AUDIENCES needs AUTH_TOOLS_CLIENT_SECRET: only the"
+                " gateway's client (bastion-tools) may exchange"
+            )
         if not self.local_login and not self.oidc_providers:
             raise ValueError("AUTH_LOCAL_LOGIN=false needs at least one AUTH_OIDC_PROVIDERS entry")
         if self.tools_client_secret is not None:

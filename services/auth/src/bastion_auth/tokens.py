@@ -151,9 +151,11 @@ class TokenService:
         ttl: int | None = None,
         family: str | None = None,
         pipe: Pipeline | None = None,
+        act: dict[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Sign an access token and record it; with `pipe`, the writes join that pipeline
-        (the caller executes it) so that a token response costs one Redis round trip."""
+        (the caller executes it) so that a token response costs one Redis round trip.
+        `act` (RFC 8693 §4.1) names who acts for `sub` (token exchange)."""
         issued = time.time()
         now = int(issued)
         ttl = ttl or self._settings.access_token_ttl
@@ -171,6 +173,8 @@ class TokenService:
             "scope": " ".join(scopes),
             "roles": roles,
         }
+        if act is not None:
+            claims["act"] = act
         token = await self.keyring.sign(claims)
         record = {**claims, "family": family, "token_type": "access_token"}
         own = pipe is None
