@@ -51,7 +51,7 @@ class Settings(ServiceSettings):
     prune_interval_s: float = Field(default=3600.0, gt=0)
     metrics_interval_s: float = Field(default=2.0, gt=0)
 
-    # Alert thresholds of the security report (report.py).
+    # Alert thresholds of the security report (alerts.py).
     alert_brute_force_failures: int = Field(default=10, ge=1)
     alert_spray_accounts: int = Field(default=5, ge=2)
     alert_denial_burst: int = Field(default=20, ge=1)
