@@ -32,7 +32,8 @@ from typing import Any
 
 from harness import Processes, free_port, write_result
 
-from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher, batch_fields
+from bastion_common.audit import AUDIT_STREAM, AuditEvent, batch_fields
+from bastion_common.publisher import AuditPublisher
 from bastion_common.redis import create_redis
 
 

@@ -14,8 +14,9 @@ import pytest
 from pydantic_core import to_json
 from redis.asyncio import Redis
 
-from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher
+from bastion_common.audit import AUDIT_STREAM, AuditEvent
 from bastion_common.logging import REDACTED, request_id_var
+from bastion_common.publisher import AuditPublisher
 from bastion_common.redis import create_redis
 from tests.redis_process import free_port
 

@@ -19,8 +19,9 @@ from services.audit.tests.helpers import PersistentRedis, event
 from bastion_audit.collector import DEAD_LETTER_STREAM, Collector
 from bastion_audit.signing import CheckpointSigner
 from bastion_audit.store import AuditStore
-from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher, batch_fields
+from bastion_common.audit import AUDIT_STREAM, AuditEvent, batch_fields
 from bastion_common.logging import REDACTED
+from bastion_common.publisher import AuditPublisher
 from bastion_common.redis import create_redis
 
 GROUP = "audit-collectors"

@@ -22,8 +22,9 @@ from bastion_audit.collector import Collector
 from bastion_audit.report import Thresholds, build_report
 from bastion_audit.signing import CheckpointSigner
 from bastion_audit.store import AuditStore
-from bastion_common.audit import AUDIT_STREAM, AuditEvent, AuditPublisher, batch_fields
+from bastion_common.audit import AUDIT_STREAM, AuditEvent, batch_fields
 from bastion_common.eventsign import EntrySigner
+from bastion_common.publisher import AuditPublisher
 from bastion_common.redis import create_redis
 
 KEYS = {name: secrets.token_bytes(32) for name in ("auth", "tools")}

@@ -20,9 +20,9 @@ from services.tools.tests.helpers import (
     wait_for_event,
 )
 
-from bastion_common.audit import AuditPublisher
 from bastion_common.auditor import Auditor
 from bastion_common.logging import REDACTED, request_id_var
+from bastion_common.publisher import AuditPublisher
 from bastion_common.redis import create_redis
 from bastion_tools.app import create_app
 from bastion_tools.settings import Settings

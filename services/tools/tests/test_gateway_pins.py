@@ -16,9 +16,9 @@ from mcp_types import Tool, ToolAnnotations
 from redis.asyncio import Redis
 from services.tools.tests.helpers import CLIENT_SECRET, free_port, wait_for_event
 
-from bastion_common.audit import AuditPublisher
 from bastion_common.auditor import Auditor
 from bastion_common.policyfile import Policy, parse_policy
+from bastion_common.publisher import AuditPublisher
 from bastion_common.redis import create_redis
 from bastion_tools.gateway import Gateway, GatewayRecord, PinStore
 from bastion_tools.gateway.cli import main as cli_main

@@ -18,7 +18,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import SecretStr
 from services.tools.tests.helpers import MCP_HEADERS, free_port, rpc, wait_for_event
 
-from bastion_common.audit import AuditPublisher
+from bastion_common.publisher import AuditPublisher
 from bastion_common.redis import create_redis
 from bastion_common.tokens import TokenValidator, TrustedIssuer, denylist_key
 from bastion_tools.guard import BearerAuthenticator, GuardConfig, Rule, secure

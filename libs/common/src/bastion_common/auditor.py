@@ -18,7 +18,7 @@ import asyncio
 import time
 from typing import Any
 
-from bastion_common.audit import AuditEvent, AuditPublisher, EventType, Outcome
+from bastion_common.audit import AuditEvent, EventType, Outcome
 from bastion_common.contracts import EVENT_TYPES
 from bastion_common.logging import (
     REDACTED,
@@ -27,6 +27,7 @@ from bastion_common.logging import (
     redact_text,
     request_id_var,
 )
+from bastion_common.publisher import AuditPublisher
 from bastion_common.tokens import Principal
 
 __all__ = ["Auditor", "summarise_arguments"]

@@ -24,11 +24,11 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bastion_common.audit import AuditPublisher
 from bastion_common.auditor import Auditor
 from bastion_common.eventsign import EntrySigner
 from bastion_common.http import ReadinessCheck, RequestContextMiddleware, ops_router, redis_check
 from bastion_common.logging import configure_logging, get_logger
+from bastion_common.publisher import AuditPublisher
 from bastion_common.redis import Redis, create_redis
 from bastion_common.settings import ServiceSettings
 

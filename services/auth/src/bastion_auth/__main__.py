@@ -21,8 +21,8 @@ import structlog
 from bastion_auth.app import build_context, create_app
 from bastion_auth.settings import Settings
 from bastion_auth.users import UserError
-from bastion_common.audit import AuditPublisher
 from bastion_common.auditor import Auditor
+from bastion_common.publisher import AuditPublisher
 from bastion_common.redis import create_redis
 from bastion_common.service import ServiceState, run
 from bastion_common.settings import load_settings

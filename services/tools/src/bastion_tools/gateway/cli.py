@@ -14,9 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from bastion_common.audit import AuditPublisher
 from bastion_common.auditor import Auditor
 from bastion_common.policyfile import Policy
+from bastion_common.publisher import AuditPublisher
 from bastion_common.redis import create_redis
 from bastion_tools.gateway.admin import describe
 from bastion_tools.gateway.pins import PinStore

@@ -35,8 +35,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bastion_common.audit import AuditPublisher
 from bastion_common.auditor import Auditor
+from bastion_common.publisher import AuditPublisher
 from bastion_tools.guard.arguments import CheckedArguments, InvalidArguments, check_arguments
 from bastion_tools.guard.authn import Authenticator, BearerAuthenticator, CredentialUnavailable
 from bastion_tools.guard.core import Guard, GuardConfig, GuardDeps
