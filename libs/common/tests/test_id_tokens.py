@@ -13,7 +13,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from bastion_common.tokens import IdTokenValidator, TokenError, TrustedIssuer
+from bastion_common.idtokens import IdTokenValidator
+from bastion_common.tokens import TokenError, TrustedIssuer
 
 ISSUER = "https://idp.example"
 CLIENT = "bastion"

@@ -31,8 +31,9 @@ from bastion_auth.linking import FederatedIdentity, FederationError, Linker
 from bastion_auth.settings import GitHubProvider, OidcProvider, Settings
 from bastion_auth.store import FED_STATE, FED_STATE_TTL, digest
 from bastion_auth.users import UserStore
+from bastion_common.idtokens import IdTokenValidator
 from bastion_common.logging import get_logger
-from bastion_common.tokens import IdTokenValidator, TokenError, TrustedIssuer
+from bastion_common.tokens import TokenError, TrustedIssuer
 
 __all__ = ["FederatedIdentity", "Federation", "FederationError"]
 

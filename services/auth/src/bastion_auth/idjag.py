@@ -6,7 +6,7 @@ The organisation's IdP has already decided that this client may act for this per
 this server (it issued the assertion after a token exchange, RFC 8693); we check that it
 said so to us, and say no more than it did:
 
-- the assertion (`bastion_common.tokens.AssertionValidator`): typ `oauth-id-jag+jwt`,
+- the assertion (`bastion_common.idtokens.AssertionValidator`): typ `oauth-id-jag+jwt`,
   a trusted issuer's signature, `aud` = our issuer, `exp`/`iat` with leeway;
 - `client_id` = the client that authenticated here (§4.3: the same client); only
   confidential clients configured for this grant may use it (AUTH_IDJAG_CLIENTS);
@@ -35,8 +35,9 @@ from bastion_auth.linking import FederatedIdentity, FederationError, Linker
 from bastion_auth.resources import grant_scopes
 from bastion_auth.settings import AssertionIssuer, Settings
 from bastion_auth.store import IDJAG_JTI, digest
+from bastion_common.idtokens import AssertionValidator
 from bastion_common.permissions import parse_scope
-from bastion_common.tokens import MAX_LEEWAY_SECONDS, AssertionValidator, TokenError, TrustedIssuer
+from bastion_common.tokens import MAX_LEEWAY_SECONDS, TokenError, TrustedIssuer
 
 __all__ = ["JWT_BEARER", "IdJagGrant", "IdJagResult"]
 
