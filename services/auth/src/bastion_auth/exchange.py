@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bastion_auth.clients import SERVICE_CLIENT, Client
+from bastion_auth.deps import AuthContext
 from bastion_auth.errors import OAuthError
 from bastion_auth.settings import Settings
 from bastion_auth.tokens import TokenService
 from bastion_common.permissions import parse_scope
 
-__all__ = ["ACCESS_TOKEN_TYPE", "TOKEN_EXCHANGE", "Exchange", "check_exchange"]
+__all__ = ["ACCESS_TOKEN_TYPE", "TOKEN_EXCHANGE", "Exchange", "check_exchange", "exchange_token"]
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
@@ -115,3 +116,37 @@ async def check_exchange(
         expires_at=expires_at,
         subject_jti=str(record["jti"]),
     )
+
+
+async def exchange_token(
+    ctx: AuthContext, client: Client, form: dict[str, str], resources: list[str], ip: str
+) -> dict[str, Any]:
+    """The token response of an exchange, or the OAuthError that refuses it."""
+    exchange = await check_exchange(ctx.settings, ctx.tokens, client, form, resources)
+    access, claims = await ctx.tokens.access_token(
+        sub=exchange.subject,
+        client_id=client.client_id,
+        resource=exchange.resource,
+        scopes=exchange.scopes,
+        roles=exchange.roles,
+        ttl=exchange.expires_at - int(time.time()),
+        act=exchange.act,
+    )
+    ctx.event(
+        "token.issued",
+        principal=exchange.subject,
+        client_id=client.client_id,
+        ip=ip,
+        grant_type=TOKEN_EXCHANGE,
+        aud=exchange.resource,
+        scope=claims["scope"],
+        act=exchange.act,
+        subject_jti=exchange.subject_jti,
+    )
+    return {
+        "access_token": access,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": claims["exp"] - claims["nbf"],
+        "scope": claims["scope"],
+    }

@@ -8,7 +8,6 @@ Responses carry `Cache-Control: no-store` (RFC 6749 §5.1); errors are RFC 6749 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,7 +19,7 @@ from bastion_auth.clientauth import credentials_from
 from bastion_auth.clients import Client
 from bastion_auth.deps import AuthContext, Ctx, client_ip
 from bastion_auth.errors import OAuthError, oauth_error_response
-from bastion_auth.exchange import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE, check_exchange
+from bastion_auth.exchange import TOKEN_EXCHANGE, exchange_token
 from bastion_auth.idjag import JWT_BEARER
 from bastion_auth.linking import FederationError
 from bastion_auth.resources import check_resource, grant_scopes
@@ -92,7 +91,7 @@ async def token(request: Request, ctx: Ctx) -> Response:
         elif grant_type == JWT_BEARER:
             body = await _jwt_bearer(ctx, client, form, resources, ip)
         elif grant_type == TOKEN_EXCHANGE:
-            body = await _token_exchange(ctx, client, form, resources, ip)
+            body = await exchange_token(ctx, client, form, resources, ip)
         else:
             body = await _client_credentials(ctx, client, form, resources, ip)
     except OAuthError as exc:
@@ -322,39 +321,6 @@ async def _jwt_bearer(
     )
     return {
         "access_token": access,
-        "token_type": "Bearer",
-        "expires_in": claims["exp"] - claims["nbf"],
-        "scope": claims["scope"],
-    }
-
-
-async def _token_exchange(
-    ctx: AuthContext, client: Client, form: dict[str, str], resources: list[str], ip: str
-) -> dict[str, Any]:
-    exchange = await check_exchange(ctx.settings, ctx.tokens, client, form, resources)
-    access, claims = await ctx.tokens.access_token(
-        sub=exchange.subject,
-        client_id=client.client_id,
-        resource=exchange.resource,
-        scopes=exchange.scopes,
-        roles=exchange.roles,
-        ttl=exchange.expires_at - int(time.time()),
-        act=exchange.act,
-    )
-    ctx.event(
-        "token.issued",
-        principal=exchange.subject,
-        client_id=client.client_id,
-        ip=ip,
-        grant_type=TOKEN_EXCHANGE,
-        aud=exchange.resource,
-        scope=claims["scope"],
-        act=exchange.act,
-        subject_jti=exchange.subject_jti,
-    )
-    return {
-        "access_token": access,
-        "issued_token_type": ACCESS_TOKEN_TYPE,
         "token_type": "Bearer",
         "expires_in": claims["exp"] - claims["nbf"],
         "scope": claims["scope"],
