@@ -3,7 +3,8 @@
 Every row carries `prev_hash` and `hash = SHA-256(prev_hash "\\n" body)`, where `body`
 is the event's canonical JSON (sorted keys, no spaces). Changing, removing, inserting or
 reordering a row breaks the link at that row; rewriting the whole chain after it is caught
-by the signed checkpoints (`signing.py`), which the attacker cannot forge.
+by the signed checkpoints (`signing.py`), which the attacker cannot forge. The chain and
+its verification are `chain.py`.
 
 Appends are serialised in SQLite itself (`BEGIN IMMEDIATE`, read the head, append), so
 several collector replicas writing the same file still build one chain. Storing is
@@ -16,20 +17,29 @@ cut-off, and remembers that checkpoint as the anchor the chain is verified from.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bastion_audit.chain import (
+    GENESIS_HASH,
+    BadRecord,
+    VerifyResult,
+    canonical_json,
+    chain_hash,
+    epoch_ms,
+    meta,
+    row_columns,
+    verify_chain,
+)
 from bastion_audit.signing import CheckpointSigner
 from bastion_common.audit import AuditEvent
-from bastion_common.contracts import TOKEN_REF_DETAILS
 from bastion_common.eventsign import Provenance
 
 __all__ = [
@@ -43,8 +53,6 @@ __all__ = [
     "chain_hash",
 ]
 
-GENESIS_HASH = "0" * 64
-_VERIFY_CHUNK = 5000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -81,63 +89,6 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
-# Columns derived from the body: filled on insert and checked again by verify.
-_COLUMNS = (
-    "event_id",
-    "ts",
-    "type",
-    "service",
-    "outcome",
-    "principal",
-    "client_id",
-    "tool",
-    "ip",
-    "token_ref",
-    "verified",
-)
-# Detail keys that name the token an event was made with (jti or a token id).
-_TOKEN_REF_KEYS = TOKEN_REF_DETAILS
-
-
-def canonical_json(data: dict[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def chain_hash(prev_hash: str, body: str) -> str:
-    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
-
-
-def _epoch_ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
-
-
-def _columns(event: dict[str, Any]) -> tuple[Any, ...]:
-    details = event.get("details") or {}
-    token_ref = next(
-        (str(details[k]) for k in _TOKEN_REF_KEYS if isinstance(details, dict) and details.get(k)),
-        None,
-    )
-    return (
-        event["id"],
-        _epoch_ms(datetime.fromisoformat(event["time"])),
-        event["type"],
-        event["service"],
-        event["outcome"],
-        event.get("principal"),
-        event.get("client_id"),
-        event.get("tool"),
-        event.get("ip"),
-        token_ref,
-        _verified(event.get("entry")),
-    )
-
-
-def _verified(entry: Any) -> int | None:
-    """The `verified` column from the body's `entry` (set by the collector, `Provenance`)."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("verified"), bool):
-        return None
-    return int(entry["verified"])
-
 
 @dataclass(frozen=True)
 class EventFilter:
@@ -159,31 +110,6 @@ class Checkpoint:
     time: str
     key_id: str
     signature: str
-
-
-@dataclass(frozen=True)
-class BadRecord:
-    seq: int
-    reason: str
-    event_id: str | None = None
-
-
-@dataclass
-class VerifyResult:
-    ok: bool
-    records: int = 0
-    first_seq: int | None = None
-    head_seq: int = 0
-    head_hash: str = GENESIS_HASH
-    checkpoints: int = 0
-    anchor_seq: int = 0
-    first_bad: BadRecord | None = None
-    problems: list[BadRecord] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["problems"] = out["problems"][:20]  # the first ones name the gap; bounded
-        return out
 
 
 class AuditStore:
@@ -283,7 +209,7 @@ class AuditStore:
                 data = event.model_dump(mode="json")
                 if provenance is not None and event.id in provenance:
                     data["entry"] = asdict(provenance[event.id])
-                prepared[event.id] = (canonical_json(data), _columns(data))
+                prepared[event.id] = (canonical_json(data), row_columns(data))
         with self._lock, self._transaction() as db:
             ids = list(prepared)
             for start in range(0, len(ids), 900):
@@ -320,15 +246,10 @@ class AuditStore:
         row = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         if row is not None:
             return int(row[0]), str(row[1])
-        anchor = self._meta(db, "anchor_seq")
+        anchor = meta(db, "anchor_seq")
         if anchor is not None:
-            return int(anchor), str(self._meta(db, "anchor_hash"))
+            return int(anchor), str(meta(db, "anchor_hash"))
         return 0, GENESIS_HASH
-
-    @staticmethod
-    def _meta(db: sqlite3.Connection, name: str) -> str | None:
-        row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return None if row is None else str(row[0])
 
     def _write_checkpoint(self, db: sqlite3.Connection, seq: int, head_hash: str) -> None:
         assert self._signer is not None  # noqa: S101 - callers check
@@ -388,7 +309,7 @@ class AuditStore:
                 "SELECT seq, hash FROM checkpoints WHERE time < ? ORDER BY seq DESC LIMIT 1",
                 (older_than.astimezone(UTC).isoformat(),),
             ).fetchone()
-            anchor = int(self._meta(db, "anchor_seq") or 0)
+            anchor = int(meta(db, "anchor_seq") or 0)
             if row is None or int(row[0]) <= anchor:
                 return 0
             seq, head_hash = int(row[0]), str(row[1])
@@ -430,10 +351,10 @@ class AuditStore:
         args: list[Any] = [after_seq]
         if flt.since is not None:
             clauses.append("ts >= ?")
-            args.append(_epoch_ms(flt.since))
+            args.append(epoch_ms(flt.since))
         if flt.until is not None:
             clauses.append("ts < ?")
-            args.append(_epoch_ms(flt.until))
+            args.append(epoch_ms(flt.until))
         for column in ("type", "principal", "outcome", "tool", "ip"):
             value = getattr(flt, column)
             if value is not None:
@@ -455,76 +376,5 @@ class AuditStore:
         self, signer: CheckpointSigner, *, retention: timedelta | None = None
     ) -> VerifyResult:
         """Walk the chain and the checkpoints; report the first record that is wrong."""
-        result = VerifyResult(ok=True)
-
-        def bad(seq: int, reason: str, event_id: str | None = None) -> None:
-            result.problems.append(BadRecord(seq, reason, event_id))
-
         with self._long_reader() as db:
-            checkpoints = {
-                int(seq): (str(h), str(t), str(sig))
-                for seq, h, t, sig in db.execute(
-                    "SELECT seq, hash, time, signature FROM checkpoints ORDER BY seq"
-                )
-            }
-            result.checkpoints = len(checkpoints)
-            for seq, (digest, time, signature) in checkpoints.items():
-                if not signer.verify(seq, digest, time, signature):
-                    bad(seq, "checkpoint signature is invalid")
-            anchor = int(self._meta(db, "anchor_seq") or 0)
-            prev = GENESIS_HASH
-            if anchor:
-                result.anchor_seq = anchor
-                found = checkpoints.get(anchor)
-                if found is None or found[0] != self._meta(db, "anchor_hash"):
-                    bad(anchor, "the retention anchor is not a signed checkpoint")
-                else:
-                    prev = found[0]
-                    stamped = datetime.fromisoformat(found[1])
-                    if retention is not None and stamped > datetime.now(UTC) - retention:
-                        bad(anchor, "events were pruned before their retention period ended")
-            expected = anchor + 1
-            last = anchor
-            while True:
-                rows = db.execute(
-                    "SELECT seq, " + ", ".join(_COLUMNS) + ", body, prev_hash, hash"  # noqa: S608
-                    " FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (last, _VERIFY_CHUNK),
-                ).fetchall()
-                if not rows:
-                    break
-                for row in rows:
-                    width = len(_COLUMNS)
-                    seq, columns = int(row[0]), tuple(row[1 : 1 + width])
-                    body, prev_hash, digest = (str(v) for v in row[1 + width :])
-                    event_id = str(columns[0])
-                    if result.first_seq is None:
-                        result.first_seq = seq
-                    if seq != expected:
-                        bad(expected, f"records {expected}..{seq - 1} are missing")
-                    if prev_hash != prev:
-                        bad(seq, "prev_hash does not match the previous record", event_id)
-                    if chain_hash(prev_hash, body) != digest:
-                        bad(seq, "record content does not match its hash", event_id)
-                    else:
-                        try:
-                            derived = _columns(json.loads(body))
-                        except (ValueError, KeyError, TypeError):
-                            derived = ()
-                        if derived != columns:
-                            bad(seq, "indexed columns differ from the stored event", event_id)
-                    stamp = checkpoints.get(seq)
-                    if stamp is not None and stamp[0] != digest:
-                        bad(seq, "record hash differs from the signed checkpoint", event_id)
-                    prev = digest
-                    expected = seq + 1
-                    last = seq
-                    result.records += 1
-            result.head_seq, result.head_hash = last, prev
-            beyond = [seq for seq in checkpoints if seq > last]
-            if beyond:
-                bad(last + 1, f"records up to checkpoint {max(beyond)} are missing")
-        if result.problems:
-            result.ok = False
-            result.first_bad = min(result.problems, key=lambda p: p.seq)
-        return result
+            return verify_chain(db, signer, retention=retention)
