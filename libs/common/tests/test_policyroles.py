@@ -58,7 +58,9 @@ def test_each_upstream_offers_its_prefix_permissions_and_its_tools_own() -> None
 def test_roles_define_every_role_with_upstream_permissions_and_limits() -> None:
     table = parse_policy(
         "roles:\n"
-        "  timekeeper: {permissions: [time:read], rate_limit: {capacity: 7, refill_per_second: 0.5}}\n"
+        "  timekeeper:\n"
+        "    permissions: [time:read]\n"
+        "    rate_limit: {capacity: 7, refill_per_second: 0.5}\n"
         "  ops: {permissions: [ev:env, clock:set, metrics:view]}\n" + UPSTREAMS
     ).role_table
     assert table.names == ("timekeeper", "ops")
