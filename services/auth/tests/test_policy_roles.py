@@ -129,7 +129,10 @@ def test_a_provider_rule_naming_a_role_the_file_lacks_stops_the_settings(
     }  # fmt: skip
     with pytest.raises(ValidationError) as caught:
         make_settings(redis_url, tmp_path, policy_file=str(policy), oidc_providers=[provider])
-    assert "corp: role 'premium' is not in the policy file's roles" in str(caught.value)
+    assert (
+        "AUTH_OIDC_PROVIDERS: corp: role 'premium' is not in the policy file's roles"
+        " (admin, timekeeper)" in str(caught.value)
+    )
 
 
 def test_a_file_without_the_bootstrap_admin_s_role_stops_the_settings(

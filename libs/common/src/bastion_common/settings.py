@@ -28,7 +28,15 @@ from bastion_common.clientip import parse_networks
 from bastion_common.permissions import DEFAULT_ROLES, RoleTable
 from bastion_common.policyfile import PolicyError, load_policy
 
-__all__ = ["Secret", "ServiceSettings", "check_secret_strength", "load_settings"]
+__all__ = [
+    "POLICY_FILE_SETTING",
+    "PolicySettings",
+    "Secret",
+    "ServiceSettings",
+    "check_secret_strength",
+    "load_settings",
+    "policy_file_problems",
+]
 
 MIN_SECRET_LENGTH = 32
 

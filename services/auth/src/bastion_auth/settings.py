@@ -325,18 +325,21 @@ class Settings(PolicySettings):
     def _check_role_names(self) -> None:
         """Every role these settings give someone must be one of the policy file's."""
         known = set(self.roles.names)
-        mappings: list[RoleMapping] = [*self.oidc_providers, *self.idjag_issuers]
-        if self.bootstrap_admin_username:
-            # The bootstrap admin is made with the role `admin` (app._bootstrap_admin).
-            missing = {"admin"} - known
+        # The bootstrap admin is made with the role `admin` (app._bootstrap_admin).
+        if self.bootstrap_admin_username and "admin" not in known:
+            raise ValueError("AUTH_BOOTSTRAP_ADMIN_USERNAME: the policy file has no role 'admin'")
+        mappings: list[tuple[str, RoleMapping]] = [
+            *(("AUTH_OIDC_PROVIDERS", p) for p in self.oidc_providers),
+            *(("AUTH_IDJAG_ISSUERS", i) for i in self.idjag_issuers),
+        ]
+        for setting, mapping in mappings:
+            named = set(mapping.default_roles) | {rule.role for rule in mapping.role_rules}
+            missing = sorted(named - known)
             if missing:
                 raise ValueError(
-                    "AUTH_BOOTSTRAP_ADMIN_USERNAME: the policy file has no role 'admin'"
+                    f"{setting}: {mapping.id}: role {missing[0]!r} is not in the policy"
+                    f" file's roles ({', '.join(self.roles.names)})"
                 )
-        for mapping in mappings:
-            named = set(mapping.default_roles) | {rule.role for rule in mapping.role_rules}
-            for role in sorted(named - known):
-                raise ValueError(f"{mapping.id}: role {role!r} is not in the policy file's roles")
 
     def _check_provider(self, provider: OidcProvider | GitHubProvider) -> None:
         where = f"AUTH_OIDC_PROVIDERS: {provider.id}"
