@@ -24,7 +24,6 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from bastion_common.permissions import ALL_PERMISSIONS
 from tests.integration.mcp_http import McpHttp
 from tests.integration.oauth import OAuthClient
 
@@ -108,11 +107,14 @@ async def main(env_path: Path) -> None:
     table.add_column("role")
     for tool in TOOL_CALLS:
         table.add_column(tool, overflow="fold")
+    # Ask for every scope the tools server offers (its RFC 9728 metadata: the policy
+    # file's permissions); auth cuts the token to what the role holds.
+    async with httpx2.AsyncClient(timeout=15) as http:
+        prm = await http.get(f"{u['tools']}/.well-known/oauth-protected-resource/mcp")
+        offered = " ".join(prm.json()["scopes_supported"])
     tokens: dict[str, dict[str, Any]] = {}
     for role, creds in users.items():
-        tokens[role] = await client.token(
-            *creds, resource=tools_uri, scope=" ".join(sorted(ALL_PERMISSIONS))
-        )
+        tokens[role] = await client.token(*creds, resource=tools_uri, scope=offered)
         mcp = McpHttp(tools_uri, tokens[role]["access_token"])
         row = [role]
         async with httpx2.AsyncClient(timeout=15) as http:

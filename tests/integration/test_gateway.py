@@ -25,7 +25,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from bastion_common.permissions import ALL_PERMISSIONS
+from bastion_common.policyfile import load_policy
 from tests.integration.audit_api import AuditApi, now
 from tests.integration.conftest import Stack
 from tests.integration.mcp_http import McpHttp
@@ -34,7 +34,11 @@ from tests.integration.oauth import OAuthClient
 pytestmark = pytest.mark.anyio
 
 GATEWAY_PREFIXES = ("ev_", "time_")
-# What each role may call of the upstreams, as the test policy file maps them.
+POLICY = load_policy(
+    Path(__file__).parents[2] / "deploy" / "upstreams" / "policy.test.yaml", resolve_secrets=False
+)
+# What each role may call of the upstreams, as the test policy file's roles say: guest
+# holds ev:read, user also time:read, premium also ev:write, admin also ev:env (get-env).
 EV_READ = {"ev_echo", "ev_get-annotated-message", "ev_get-env", "ev_get-resource-links",
            "ev_get-resource-reference", "ev_get-structured-content", "ev_get-sum",
            "ev_get-tiny-image", "ev_trigger-long-running-operation"}  # fmt: skip
@@ -51,10 +55,10 @@ EXPECTED = {
     "admin": EV_READ | TIME | EV_WRITE,
 }
 PROBES: dict[str, tuple[str, dict[str, Any]]] = {
-    "ev_echo": ("weather:read", {"message": "hello"}),
-    "time_get_current_time": ("files:read", {"timezone": "Europe/Paris"}),
-    "ev_toggle-simulated-logging": ("files:write", {}),
-    "ev_get-env": ("admin:users", {}),
+    "ev_echo": ("ev:read", {"message": "hello"}),
+    "time_get_current_time": ("time:read", {"timezone": "Europe/Paris"}),
+    "ev_toggle-simulated-logging": ("ev:write", {}),
+    "ev_get-env": ("ev:env", {}),
 }
 
 
@@ -65,8 +69,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 async def tokens(stack: Stack) -> dict[str, str]:
-    """An access token for the tools resource for one user of each role (all scopes
-    asked for, cut to the role by auth)."""
+    """An access token for the tools resource for one user of each role (every scope the
+    policy file offers asked for, cut to the role by auth)."""
     admin = (stack.env["BOOTSTRAP_ADMIN_USERNAME"], stack.env["BOOTSTRAP_ADMIN_PASSWORD"])
     client = await OAuthClient.register(stack.urls["auth"], "gateway-admin")
     admin_api = await client.token(
@@ -86,7 +90,7 @@ async def tokens(stack: Stack) -> dict[str, str]:
     out = {}
     for role, credentials in users.items():
         body = await client.token(
-            *credentials, resource=_mcp(stack), scope=" ".join(sorted(ALL_PERMISSIONS))
+            *credentials, resource=_mcp(stack), scope=" ".join(sorted(POLICY.role_table.offered))
         )
         out[role] = body["access_token"]
     return out

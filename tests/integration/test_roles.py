@@ -16,7 +16,7 @@ import anyio
 import httpx2
 import pytest
 
-from bastion_common.permissions import ALL_PERMISSIONS, ROLE_PERMISSIONS
+from bastion_common.permissions import BUILTIN_PERMISSIONS, ROLE_PERMISSIONS
 from tests.integration.conftest import Stack
 from tests.integration.mcp_http import McpHttp
 from tests.integration.oauth import OAuthClient
@@ -85,7 +85,7 @@ async def test_each_role_sees_and_calls_exactly_its_tools(
     tools_uri = f"{stack.urls['tools']}/mcp"
     client = await OAuthClient.register(stack.urls["auth"], f"matrix-{role}")
     token = await client.token(
-        *users[role], resource=tools_uri, scope=" ".join(sorted(ALL_PERMISSIONS))
+        *users[role], resource=tools_uri, scope=" ".join(sorted(BUILTIN_PERMISSIONS))
     )
     allowed = ROLE_PERMISSIONS[role]
     assert set(token["scope"].split()) == set(allowed)

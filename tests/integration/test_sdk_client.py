@@ -26,13 +26,12 @@ from mcp.shared.auth import (
     OAuthToken,
 )
 
-from bastion_common.permissions import ALL_PERMISSIONS
 from tests.integration.audit_api import AuditApi, now
 from tests.integration.browser import BrowserResult, HeadlessBrowser
 from tests.integration.conftest import ACCESS_TOKEN_TTL, CIMD_HOST, Stack
 from tests.integration.mint import mint_token
 from tests.integration.oauth import REDIRECT_URI
-from tests.integration.test_gateway import GATEWAY_PREFIXES
+from tests.integration.test_gateway import GATEWAY_PREFIXES, POLICY
 from tests.integration.test_roles import TOOL_PERMISSION
 from tests.integration.tls import DocumentServer
 
@@ -132,7 +131,7 @@ async def test_the_sdk_client_discovers_registers_logs_in_and_calls_tools(stack:
     # The SDK asks for the scopes the 401 challenge names; the admin holds them all, and
     # tools/list shows exactly what the granted scopes allow.
     granted = set(claims["scope"].split())
-    assert granted <= set(ALL_PERMISSIONS)
+    assert granted == POLICY.role_table.permissions["admin"]
     builtin = {name for name in names if not name.startswith(GATEWAY_PREFIXES)}
     assert builtin == {tool for tool, perm in TOOL_PERMISSION.items() if perm in granted}
 

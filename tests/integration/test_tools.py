@@ -17,6 +17,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.integration.conftest import Stack
+from tests.integration.test_gateway import POLICY
 
 MCP_HEADERS = {
     "Accept": "application/json, text/event-stream",
@@ -35,7 +36,8 @@ def test_protected_resource_metadata_names_the_stacks_auth(stack: Stack) -> None
         assert document["resource"] == f"{stack.urls['tools']}/mcp"
         assert document["authorization_servers"] == [stack.urls["auth"]]
         assert "offline_access" not in document["scopes_supported"]
-        assert len(document["scopes_supported"]) == 7
+        # Every permission the stack's policy file offers: the seven built-in, the upstreams'.
+        assert set(document["scopes_supported"]) == POLICY.role_table.offered
 
 
 def test_no_token_gets_the_challenge_and_a_forged_one_is_refused(stack: Stack) -> None:

@@ -64,7 +64,8 @@ def test_tools_does_not_start_with_a_bad_policy_file(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     lines = done.stderr.splitlines()
-    assert lines[0] == "TOOLS_POLICY_FILE: the policy file is invalid:"
+    # TOOLS_POLICY_FILE, the setting's earlier name, is still read; the lines name the new one.
+    assert lines[0] == "BASTION_POLICY_FILE: the policy file is invalid:"
     assert any(f"{policy}: mcpServers.a.headers.Authorization: must be" in line for line in lines)
     assert any(f"{policy}: mcpServers.b.pinning:" in line for line in lines)
     assert "Traceback" not in done.stderr and "sk-inline" not in done.stderr

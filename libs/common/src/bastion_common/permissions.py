@@ -4,26 +4,30 @@ See docs/architecture.md, "Roles and permissions".
 
 OAuth scopes are the permission strings. A token's scopes are what the client asked
 for, cut to what the user's roles allow and what the resource offers (`grantable`).
+The roles come from the policy file (`bastion_common.policyroles`); a file without
+`roles:` (or no file) gives `DEFAULT_ROLES`, the built-in roles below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Final, Literal, get_args
 
 __all__ = [
-    "ALL_PERMISSIONS",
+    "BUILTIN_PERMISSIONS",
     "DEFAULT_RATE_LIMITS",
-    "ROLE_PERMISSIONS",
-    "Permission",
+    "DEFAULT_ROLES",
     "ROLES",
-    "Role",
+    "ROLE_PERMISSIONS",
+    "BuiltinPermission",
+    "RoleTable",
     "grantable",
     "parse_scope",
-    "permissions_for_roles",
 ]
 
-Permission = Literal[
+# The permissions the built-in tools need (docs/architecture.md, "Tools").
+BuiltinPermission = Literal[
     "weather:read",
     "weather:write",
     "files:read",
@@ -32,16 +36,15 @@ Permission = Literal[
     "admin:users",
     "metrics:view",
 ]
-Role = Literal["guest", "user", "premium", "admin"]
 
-ALL_PERMISSIONS: Final[frozenset[str]] = frozenset(get_args(Permission))
-ROLES: Final[tuple[str, ...]] = get_args(Role)
+BUILTIN_PERMISSIONS: Final[frozenset[str]] = frozenset(get_args(BuiltinPermission))
+ROLES: Final[tuple[str, ...]] = ("guest", "user", "premium", "admin")
 
 ROLE_PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "guest": frozenset({"weather:read"}),
     "user": frozenset({"weather:read", "files:read"}),
     "premium": frozenset({"weather:read", "weather:write", "files:read", "files:write"}),
-    "admin": ALL_PERMISSIONS,
+    "admin": BUILTIN_PERMISSIONS,
 }
 
 # Token bucket per role: (capacity, refill per second).
@@ -53,12 +56,39 @@ DEFAULT_RATE_LIMITS: Final[dict[str, tuple[int, float]]] = {
 }
 
 
-def permissions_for_roles(roles: Iterable[str]) -> frozenset[str]:
-    """Union of the permissions of `roles`; unknown role names grant nothing."""
-    out: set[str] = set()
-    for role in roles:
-        out |= ROLE_PERMISSIONS.get(role, frozenset())
-    return frozenset(out)
+@dataclass(frozen=True)
+class RoleTable:
+    """What each role may do, and every permission something offers.
+
+    `offered` is every permission a tool of this deployment needs: the built-in tools'
+    and each upstream's (`<prefix>:read`, `<prefix>:write`, per-tool). The tools and keys
+    resources offer all of it; auth grants a role's permissions only from it.
+    `warnings` are the policy file's lines about permissions no role holds."""
+
+    permissions: Mapping[str, frozenset[str]]
+    rate_limits: Mapping[str, tuple[int, float]]
+    offered: frozenset[str]
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.permissions)
+
+    def permissions_for(self, roles: Iterable[str]) -> frozenset[str]:
+        """Union of the permissions of `roles`; unknown role names grant nothing."""
+        out: set[str] = set()
+        for role in roles:
+            out |= self.permissions.get(role, frozenset())
+        return frozenset(out)
+
+    def as_json_table(self) -> dict[str, list[str]]:
+        """{role: sorted permissions}: the table as auth's Lua reads it."""
+        return {role: sorted(perms) for role, perms in self.permissions.items()}
+
+
+DEFAULT_ROLES: Final[RoleTable] = RoleTable(
+    permissions=ROLE_PERMISSIONS, rate_limits=DEFAULT_RATE_LIMITS, offered=BUILTIN_PERMISSIONS
+)
 
 
 def parse_scope(scope: str | None) -> frozenset[str]:

@@ -48,10 +48,13 @@ from pydantic import (
 )
 
 from bastion_common.logging import is_sensitive_key
+from bastion_common.permissions import DEFAULT_ROLES, RoleTable
+from bastion_common.policyroles import PERMISSION_PATTERN, ROLE_PATTERN, RolePolicy, role_table
 
 __all__ = [
     "PERMISSION_PATTERN",
     "PREFIX_PATTERN",
+    "ROLE_PATTERN",
     "Pinning",
     "Policy",
     "PolicyError",
@@ -63,7 +66,6 @@ __all__ = [
 ]
 
 PREFIX_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
-PERMISSION_PATTERN = r"^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$"
 _SECRET_REF = re.compile(
     r"^(?:(?P<scheme>[A-Za-z][A-Za-z0-9-]*) )?\$\{(?P<kind>env|file):(?P<target>[^}]+)\}$"
 )
@@ -197,7 +199,12 @@ class UpstreamPolicy(_Strict):
 
 class Policy(_Strict):
     version: Literal[1] = 1
+    # None: the built-in roles (policyroles); a mapping defines every role there is.
+    roles: dict[Annotated[str, Field(pattern=ROLE_PATTERN)], RolePolicy] | None = Field(
+        default=None, min_length=1, max_length=256
+    )
     mcp_servers: dict[str, UpstreamPolicy] = Field(default_factory=dict, alias="mcpServers")
+    _roles: RoleTable = PrivateAttr(default=DEFAULT_ROLES)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -219,11 +226,21 @@ class Policy(_Strict):
     def prefix_of(self, name: str) -> str:
         return self.mcp_servers[name].prefix or name
 
+    @property
+    def role_table(self) -> RoleTable:
+        """Role -> permissions and rate limit, and every permission offered (policyroles)."""
+        return self._roles
+
 
 def parse_policy(
-    text: str, *, source: str = "policy", environ: Mapping[str, str] | None = None
+    text: str,
+    *,
+    source: str = "policy",
+    environ: Mapping[str, str] | None = None,
+    resolve_secrets: bool = True,
 ) -> Policy:
-    """Validate `text` (YAML or JSON) and resolve its secret references."""
+    """Validate `text` (YAML or JSON) and resolve its secret references (auth and keys,
+    which need only the roles, pass `resolve_secrets=False`: they never hold them)."""
     try:
         data = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:
@@ -239,9 +256,10 @@ def parse_policy(
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         raise PolicyError([_line(source, error) for error in exc.errors()]) from None
-    problems: list[str] = []
+    upstreams = {name: (policy.prefix_of(name), u) for name, u in policy.mcp_servers.items()}
+    policy._roles, problems = role_table(policy.roles, upstreams, source=source)
     env = os.environ if environ is None else environ
-    for name, upstream in policy.mcp_servers.items():
+    for name, upstream in policy.mcp_servers.items() if resolve_secrets else ():
         for header, reference in upstream.headers.items():
             place = f"{source}: mcpServers.{name}.headers.{header}"
             value = _resolve(reference, env, place, problems)
@@ -252,13 +270,15 @@ def parse_policy(
     return policy
 
 
-def load_policy(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Policy:
+def load_policy(
+    path: str | Path, *, environ: Mapping[str, str] | None = None, resolve_secrets: bool = True
+) -> Policy:
     """`parse_policy` of the file at `path`."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError([f"{path}: cannot be read ({type(exc).__name__})"]) from None
-    return parse_policy(text, source=str(path), environ=environ)
+    return parse_policy(text, source=str(path), environ=environ, resolve_secrets=resolve_secrets)
 
 
 def _line(source: str, error: Any) -> str:

@@ -84,7 +84,10 @@ def create_service_app(
     docs: bool = True,
     hot_routes: Mapping[str, ASGIApp] | None = None,
     audit_linger: float = 0.0,
+    policy_warnings: Sequence[str] = (),
 ) -> FastAPI:
+    """`policy_warnings`: the policy file's warnings (`RoleTable.warnings`), logged at start."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = redis_factory(settings.redis_url.get_secret_value())
@@ -95,6 +98,8 @@ def create_service_app(
         )
         if signer is None:
             log.warning("audit.entries_unsigned", reason="BASTION_EVENT_KEY is not set")
+        for line in policy_warnings:
+            log.warning("policy.warning", problem=line)
         publisher = AuditPublisher(redis, spool, signer=signer)
         await publisher.start()
         audit = Auditor(publisher, settings.service_name, linger=audit_linger)

@@ -11,14 +11,32 @@ from __future__ import annotations
 import math
 import sys
 from collections import Counter
-from typing import Annotated, TypeVar
+from typing import Annotated, Self, TypeVar
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bastion_common.clientip import parse_networks
+from bastion_common.permissions import DEFAULT_ROLES, RoleTable
+from bastion_common.policyfile import PolicyError, load_policy
 
-__all__ = ["Secret", "ServiceSettings", "check_secret_strength", "load_settings"]
+__all__ = [
+    "POLICY_FILE_SETTING",
+    "PolicySettings",
+    "Secret",
+    "ServiceSettings",
+    "check_secret_strength",
+    "load_settings",
+    "policy_file_problems",
+]
 
 MIN_SECRET_LENGTH = 32
 
@@ -124,6 +142,45 @@ class ServiceSettings(BaseSettings):
         return value
 
 
+POLICY_FILE_SETTING = "BASTION_POLICY_FILE"
+
+
+class PolicySettings(ServiceSettings):
+    """A service that reads its roles from the policy file (auth, keys; tools reads the
+    whole file in its `__main__`). The file is read once, here, without resolving the
+    upstreams' secret references: only `tools` ever holds those."""
+
+    policy_file: str | None = Field(
+        default=None,
+        validation_alias=POLICY_FILE_SETTING,
+        description="the policy file (docs/gateway.md): roles, permissions, upstreams;"
+        " unset: the built-in roles",
+    )
+    _roles: RoleTable = PrivateAttr(default=DEFAULT_ROLES)
+
+    @model_validator(mode="after")
+    def _load_roles(self) -> Self:
+        if self.policy_file is not None:
+            try:
+                policy = load_policy(self.policy_file, resolve_secrets=False)
+            except PolicyError as exc:
+                raise ValueError(policy_file_problems(exc)) from None
+            self._roles = policy.role_table
+        return self
+
+    @property
+    def roles(self) -> RoleTable:
+        """Role -> permissions and rate limit, and every permission offered."""
+        return self._roles
+
+
+def policy_file_problems(exc: PolicyError) -> str:
+    """The message a service stops with when its policy file is invalid."""
+    return f"{POLICY_FILE_SETTING}: the policy file is invalid:\n" + "\n".join(
+        f"  {line}" for line in exc.problems
+    )
+
+
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
@@ -136,6 +193,9 @@ def load_settings(cls: type[SettingsT]) -> SettingsT:
         lines = []
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
+            if not field:  # a check across fields names its own settings
+                lines.append("  " + str(error["msg"]).removeprefix("Value error, "))
+                continue
             env = field.upper() if field.isupper() else f"{prefix}{field}".upper()
             lines.append(f"  {env}: {error['msg']}")
         sys.stderr.write(f"{cls.__name__}: configuration is invalid:\n" + "\n".join(lines) + "\n")

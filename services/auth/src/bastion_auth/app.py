@@ -120,7 +120,11 @@ def create_app(settings: Settings) -> FastAPI:
             await ctx.federation.aclose()
 
     app = create_service_app(
-        settings, title="MCP Bastion auth", extra_lifespan=lifespan, docs=False
+        settings,
+        title="MCP Bastion auth",
+        extra_lifespan=lifespan,
+        docs=False,
+        policy_warnings=settings.roles.warnings,
     )
 
     install_error_handlers(app, unavailable="the sign-in store cannot be reached")

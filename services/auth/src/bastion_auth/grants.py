@@ -23,7 +23,7 @@ from bastion_auth.exchange import TOKEN_EXCHANGE, exchange_token
 from bastion_auth.idjag import JWT_BEARER
 from bastion_auth.linking import FederationError
 from bastion_auth.resources import check_resource, grant_scopes
-from bastion_common.permissions import parse_scope, permissions_for_roles
+from bastion_common.permissions import parse_scope
 
 __all__ = ["read_form", "router"]
 
@@ -236,7 +236,7 @@ async def _refresh(
         await ctx.tokens.revoke_family(record["family"])
         raise OAuthError("invalid_grant", "the user can no longer sign in")
     # Roles may have changed since consent: the new token holds no more than they allow.
-    scopes = sorted(requested & permissions_for_roles(user.roles))
+    scopes = sorted(requested & ctx.settings.roles.permissions_for(user.roles))
     body = await ctx.tokens.issue_pair(
         sub=user.username,
         client_id=client.client_id,

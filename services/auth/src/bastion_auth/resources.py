@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from bastion_auth.errors import OAuthError
 from bastion_auth.settings import Settings
-from bastion_common.permissions import grantable, parse_scope, permissions_for_roles
+from bastion_common.permissions import grantable, parse_scope
 
 __all__ = ["check_resource", "grant_scopes"]
 
@@ -36,6 +36,6 @@ def grant_scopes(
     asked means everything the principal may have at that resource. Asking for more is
     not an error: the token says what was granted."""
     offered = settings.resources[resource]
-    held = set(allowed) if allowed is not None else set(permissions_for_roles(roles or []))
+    held = set(allowed) if allowed is not None else set(settings.roles.permissions_for(roles or []))
     wanted = parse_scope(requested) if requested else offered
     return grantable(wanted, held, offered)

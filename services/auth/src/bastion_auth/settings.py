@@ -18,8 +18,8 @@ from pydantic import (
 )
 from pydantic_settings import SettingsConfigDict
 
-from bastion_common.permissions import ALL_PERMISSIONS, Role
-from bastion_common.settings import Secret, ServiceSettings, check_secret_strength
+from bastion_common.policyroles import ROLE_PATTERN
+from bastion_common.settings import PolicySettings, Secret, check_secret_strength
 
 __all__ = [
     "HS256_REFUSED",
@@ -34,13 +34,17 @@ __all__ = [
 ]
 
 
+# A role of the policy file; that it exists there is checked once the file is read.
+RoleName = Annotated[str, Field(pattern=ROLE_PATTERN)]
+
+
 class RoleRule(BaseModel):
     """A provider claim value that grants one of our roles, e.g. groups=premium-users."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     claim: str = Field(min_length=1, max_length=64)
     value: str = Field(min_length=1, max_length=256)
-    role: Role
+    role: RoleName
 
 
 class RoleMapping(BaseModel):
@@ -51,7 +55,7 @@ class RoleMapping(BaseModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     name: str = Field(min_length=1, max_length=64, description="shown as 'Sign in with NAME'")
     username_claim: str = "preferred_username"
-    default_roles: tuple[Role, ...] = ("user",)
+    default_roles: tuple[RoleName, ...] = ("user",)
     role_rules: list[RoleRule] = Field(default_factory=list)
     # Who may sign in at all (empty: anyone the provider vouches for).
     allowed_email_domains: list[str] = Field(default_factory=list)
@@ -139,7 +143,7 @@ HS256_REFUSED = (
 )
 
 
-class Settings(ServiceSettings):
+class Settings(PolicySettings):
     model_config = SettingsConfigDict(
         env_prefix="AUTH_", extra="ignore", populate_by_name=True, frozen=True
     )
@@ -264,8 +268,8 @@ class Settings(ServiceSettings):
     def resources(self) -> dict[str, frozenset[str]]:
         """Resource URI -> scopes it offers (docs/architecture.md, contracts)."""
         return {
-            self.tools_resource.rstrip("/"): ALL_PERMISSIONS,
-            self.keys_resource.rstrip("/"): ALL_PERMISSIONS,
+            self.tools_resource.rstrip("/"): self.roles.offered,
+            self.keys_resource.rstrip("/"): self.roles.offered,
             self.audit_resource.rstrip("/"): frozenset({"metrics:view"}),
             self.admin_resource: frozenset({"admin:users"}),
         }
@@ -308,6 +312,7 @@ class Settings(ServiceSettings):
             raise ValueError("AUTH_OIDC_PROVIDERS: provider ids must be unique")
         for provider in self.oidc_providers:
             self._check_provider(provider)
+        self._check_role_names()
         if len({i.id for i in self.idjag_issuers}) != len(self.idjag_issuers):
             raise ValueError("AUTH_IDJAG_ISSUERS: issuer ids must be unique")
         for trusted in self.idjag_issuers:
@@ -346,6 +351,25 @@ class Settings(ServiceSettings):
             self.oidc_allow_http and url.startswith("http://")
         ):
             raise ValueError(f"{where} URLs must be https")
+
+    def _check_role_names(self) -> None:
+        """Every role these settings give someone must be one of the policy file's."""
+        known = set(self.roles.names)
+        # The bootstrap admin is made with the role `admin` (app._bootstrap_admin).
+        if self.bootstrap_admin_username and "admin" not in known:
+            raise ValueError("AUTH_BOOTSTRAP_ADMIN_USERNAME: the policy file has no role 'admin'")
+        mappings: list[tuple[str, RoleMapping]] = [
+            *(("AUTH_OIDC_PROVIDERS", p) for p in self.oidc_providers),
+            *(("AUTH_IDJAG_ISSUERS", i) for i in self.idjag_issuers),
+        ]
+        for setting, mapping in mappings:
+            named = set(mapping.default_roles) | {rule.role for rule in mapping.role_rules}
+            missing = sorted(named - known)
+            if missing:
+                raise ValueError(
+                    f"{setting}: {mapping.id}: role {missing[0]!r} is not in the policy"
+                    f" file's roles ({', '.join(self.roles.names)})"
+                )
 
     def _check_provider(self, provider: OidcProvider | GitHubProvider) -> None:
         where = f"AUTH_OIDC_PROVIDERS: {provider.id}"

@@ -1,4 +1,4 @@
-"""Users: argon2id password hashes (RFC 9106), roles from DESIGN.md, disable/enable.
+"""Users: argon2id password hashes (RFC 9106), roles from the policy file, disable/enable.
 
 Hashing and verifying run in a worker thread so a login never blocks the event loop. A
 login for an unknown user still verifies against a dummy hash, so its timing does not
@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from bastion_auth.settings import Settings
 from bastion_auth.store import USER, USERS
-from bastion_common.permissions import ROLE_PERMISSIONS, ROLES
+from bastion_common.permissions import RoleTable
 from bastion_common.subjects import KEYS_BEFORE, TOKENS_BEFORE, subject_key
 
 __all__ = ["User", "UserError", "UserStore", "validate_password", "validate_username"]
@@ -85,7 +85,6 @@ end
 return out
 """
 )
-_ROLE_TABLE = json.dumps({role: sorted(perms) for role, perms in ROLE_PERMISSIONS.items()})
 
 
 class UserError(ValueError):
@@ -124,10 +123,12 @@ def validate_password(password: str) -> str:
     return password
 
 
-def validate_roles(roles: list[str]) -> list[str]:
-    unknown = sorted(set(roles) - set(ROLES))
+def validate_roles(roles: list[str], table: RoleTable) -> list[str]:
+    """`roles`, each one the policy file defines; anything else is refused, naming them."""
+    unknown = sorted(set(roles) - set(table.names))
     if unknown or not roles:
-        raise UserError(f"roles: one or more of {', '.join(ROLES)}")
+        named = f"unknown role {', '.join(repr(r[:32]) for r in unknown[:5])}; " if unknown else ""
+        raise UserError(f"roles: {named}one or more of {', '.join(table.names)}")
     return sorted(set(roles))
 
 
@@ -141,6 +142,8 @@ class UserStore:
         )
         self._dummy_hash: str | None = None
         self._update = redis.register_script(_UPDATE)
+        self.roles = settings.roles
+        self._role_table = json.dumps(settings.roles.as_json_table())
 
     async def hash_password(self, password: str) -> str:
         return await anyio.to_thread.run_sync(self.hasher.hash, password)
@@ -164,7 +167,9 @@ class UserStore:
     async def create(self, username: str, password: str, roles: list[str]) -> User:
         validate_username(username)
         validate_password(password)
-        user = User(username.lower(), await self.hash_password(password), validate_roles(roles))
+        user = User(
+            username.lower(), await self.hash_password(password), validate_roles(roles, self.roles)
+        )
         created = await self._redis.set(
             USER.format(username=user.username), json.dumps(asdict(user)), nx=True
         )
@@ -190,7 +195,7 @@ class UserStore:
         Bad values raise UserError before anything is written."""
         if not _USERNAME.match(username):
             return None
-        new_roles = json.dumps(validate_roles(roles)) if roles is not None else ""
+        new_roles = json.dumps(validate_roles(roles, self.roles)) if roles is not None else ""
         new_hash = (
             await self.hash_password(validate_password(password)) if password is not None else ""
         )
@@ -198,7 +203,7 @@ class UserStore:
         name = username.lower()
         raw = await self._update(
             keys=[USER.format(username=name), subject_key(name)],
-            args=[new_roles, flag, new_hash, repr(time.time()), _ROLE_TABLE],
+            args=[new_roles, flag, new_hash, repr(time.time()), self._role_table],
         )
         return User(**json.loads(raw)) if raw else None
 

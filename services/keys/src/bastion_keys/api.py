@@ -21,13 +21,14 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from bastion_common.errors import ServiceError
-from bastion_common.permissions import ALL_PERMISSIONS, permissions_for_roles
 from bastion_common.tokens import Principal
 from bastion_keys.deps import Caller, Context, KeysContext, client_ip
 from bastion_keys.keyformat import KEY_ID, digest, new_key, new_key_id
 from bastion_keys.store import KeyRecord
 
 __all__ = ["router"]
+
+MAX_KEY_PERMISSIONS = 256  # a policy file's role holds at most as many
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -38,7 +39,7 @@ class CreateKeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=256, description="a label for the owner")
-    permissions: list[str] = Field(min_length=1, max_length=len(ALL_PERMISSIONS))
+    permissions: list[str] = Field(min_length=1, max_length=MAX_KEY_PERMISSIONS)
     expires_in_days: int | None = Field(
         default=None, ge=1, description="default KEYS_DEFAULT_EXPIRY_DAYS, at most the maximum"
     )
@@ -139,7 +140,7 @@ async def create_key(
             f"name must be 1 to {settings.name_max_length} printable characters",
         )
     requested = set(body.permissions)
-    unknown = requested - ALL_PERMISSIONS
+    unknown = requested - settings.roles.offered  # permissions the policy file offers
     if unknown:
         raise ServiceError(400, "invalid_request", f"unknown permissions: {sorted(unknown)}")
     days = body.expires_in_days or settings.default_expiry_days
@@ -148,7 +149,7 @@ async def create_key(
             400, "invalid_request", f"expires_in_days must be at most {settings.max_expiry_days}"
         )
     # You can only delegate what you hold: the token's scopes and the roles behind them.
-    held = caller.scopes & permissions_for_roles(caller.roles)
+    held = caller.scopes & settings.roles.permissions_for(caller.roles)
     beyond = requested - held
     if beyond:
         await context.auditor.publish(

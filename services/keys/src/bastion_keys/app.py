@@ -65,7 +65,12 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
                 await usage.flush()
                 await validator.aclose()
 
-    app = create_service_app(settings, title="MCP Bastion keys", extra_lifespan=lifespan)
+    app = create_service_app(
+        settings,
+        title="MCP Bastion keys",
+        extra_lifespan=lifespan,
+        policy_warnings=settings.roles.warnings,
+    )
     install_error_handlers(app, unavailable="the key store cannot be reached")
     app.include_router(api.router)
     app.include_router(exchange.router)

@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from bastion_common.permissions import permissions_for_roles
 from bastion_common.subjects import read_subject
 from bastion_keys.deps import KeysContext
 from bastion_keys.keyformat import check_format, digest, digests_equal
@@ -90,7 +89,7 @@ async def _as_owner_is_now(context: KeysContext, accepted: Accepted) -> Accepted
         return "owner_signed_out"
     if state.roles is None:
         return accepted
-    allowed = permissions_for_roles(state.roles)
+    allowed = context.settings.roles.permissions_for(state.roles)
     cut = dataclasses.replace(
         record,
         permissions=tuple(p for p in record.permissions if p in allowed),

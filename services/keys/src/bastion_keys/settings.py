@@ -7,13 +7,12 @@ from typing import Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from bastion_common.permissions import ALL_PERMISSIONS
-from bastion_common.settings import Secret, ServiceSettings
+from bastion_common.settings import PolicySettings, Secret
 
 __all__ = ["Settings"]
 
 
-class Settings(ServiceSettings):
+class Settings(PolicySettings):
     model_config = SettingsConfigDict(
         env_prefix="KEYS_", extra="ignore", populate_by_name=True, frozen=True
     )
@@ -66,7 +65,7 @@ class Settings(ServiceSettings):
         if self.default_expiry_days > self.max_expiry_days:
             raise ValueError("default_expiry_days must not exceed max_expiry_days")
         for resource, scopes in (self.resource_scopes or {}).items():
-            unknown = set(scopes) - ALL_PERMISSIONS
+            unknown = set(scopes) - self.roles.offered
             if unknown:
                 raise ValueError(f"resource {resource} offers unknown scopes {sorted(unknown)}")
         return self
@@ -79,4 +78,4 @@ class Settings(ServiceSettings):
         Any other resource is refused with invalid_target (RFC 8707 §2)."""
         if self.resource_scopes is not None:
             return {r.rstrip("/"): frozenset(s) for r, s in self.resource_scopes.items()}
-        return {self.tools_resource: ALL_PERMISSIONS}
+        return {self.tools_resource: self.roles.offered}

@@ -7,7 +7,7 @@ import sys
 
 from bastion_common.policyfile import Policy, PolicyError, load_policy
 from bastion_common.service import run
-from bastion_common.settings import load_settings
+from bastion_common.settings import load_settings, policy_file_problems
 from bastion_tools.app import create_app
 from bastion_tools.settings import Settings
 
@@ -19,8 +19,7 @@ def load_policy_or_exit(settings: Settings) -> Policy:
     try:
         return load_policy(settings.policy_file)
     except PolicyError as exc:
-        sys.stderr.write("TOOLS_POLICY_FILE: the policy file is invalid:\n")
-        sys.stderr.write("".join(f"  {line}\n" for line in exc.problems))
+        sys.stderr.write(policy_file_problems(exc) + "\n")
         raise SystemExit(2) from None
 
 

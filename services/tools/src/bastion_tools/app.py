@@ -20,6 +20,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Route
 
+from bastion_common.permissions import DEFAULT_ROLES, RoleTable
 from bastion_common.policyfile import Policy
 from bastion_common.redis import create_redis
 from bastion_common.service import ServiceState, create_service_app
@@ -28,7 +29,7 @@ from bastion_tools.apikeys import ApiKeyVerifier
 from bastion_tools.gateway import Gateway, GatewayForwarder, GatewayRecord, PinStore, Rules
 from bastion_tools.gateway import admin_router as gateway_admin_router
 from bastion_tools.guard import BearerAuthenticator, Guard, GuardConfig, GuardDeps
-from bastion_tools.metadata import SCOPES_SUPPORTED, metadata_router
+from bastion_tools.metadata import metadata_router, scopes_supported
 from bastion_tools.policy import ToolCallPolicy
 from bastion_tools.ratelimit import RateLimiter
 from bastion_tools.settings import Settings
@@ -55,16 +56,18 @@ def trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
     return issuers
 
 
-def guard_config(settings: Settings) -> GuardConfig:
+def guard_config(settings: Settings, roles: RoleTable = DEFAULT_ROLES) -> GuardConfig:
+    """What the guard enforces; `roles` is the policy file's (scopes offered, limits)."""
     return GuardConfig(
         resource_uri=settings.resource_uri,
         resource_metadata_url=settings.resource_metadata_url,
-        scopes_supported=SCOPES_SUPPORTED,
+        scopes_supported=scopes_supported(roles),
         allowed_hosts=settings.allowed_hosts,
         allowed_origins=settings.allowed_origins,
         authorization_servers=(settings.auth_issuer,),
         max_body_bytes=settings.max_body_bytes,
         rate_limits=settings.rate_limits,
+        role_limits=roles.rate_limits,
         ip_capacity=settings.ip_capacity,
         ip_refill_per_second=settings.ip_refill_per_second,
         trusted_proxies=tuple(settings.trusted_proxies),
@@ -74,7 +77,7 @@ def guard_config(settings: Settings) -> GuardConfig:
 def create_app(settings: Settings, policy: Policy | None = None) -> FastAPI:
     """`policy` is the validated policy file (`__main__` loads it); None: no upstreams."""
     policy = policy or Policy()
-    guard = Guard(guard_config(settings))
+    guard = Guard(guard_config(settings, policy.role_table))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, state: ServiceState) -> AsyncIterator[None]:
@@ -182,10 +185,11 @@ def create_app(settings: Settings, policy: Policy | None = None) -> FastAPI:
         settings,
         title="MCP Bastion tools",
         extra_lifespan=lifespan,
+        policy_warnings=policy.role_table.warnings,
         hot_routes={settings.mcp_path: guard},
         audit_linger=settings.audit_linger_seconds,
     )
-    app.include_router(metadata_router(settings))
+    app.include_router(metadata_router(settings, policy.role_table))
     app.include_router(gateway_admin_router())
     app.router.routes.append(Route(settings.mcp_path, endpoint=guard, name="mcp"))
     # The SDK logs each session and tool failure at INFO, and httpx2 each request the

@@ -69,12 +69,18 @@ class Decision(NamedTuple):
 
 
 def limits_for_roles(
-    roles: Iterable[str], overrides: Mapping[str, tuple[int, float]] | None = None
+    roles: Iterable[str],
+    overrides: Mapping[str, tuple[int, float]] | None = None,
+    base: Mapping[str, tuple[int, float]] = DEFAULT_RATE_LIMITS,
 ) -> tuple[int, float]:
-    """The most generous (capacity, refill) among `roles`; no known role means guest."""
-    table = {**DEFAULT_RATE_LIMITS, **(overrides or {})}
+    """The most generous (capacity, refill) among `roles`. `base` is the policy file's
+    roles' limits, `overrides` the setting's. No known role: the smallest bucket there is
+    (guest's, with the built-in roles)."""
+    table = {**base, **(overrides or {})} or dict(DEFAULT_RATE_LIMITS)
     known = [table[role] for role in roles if role in table]
-    return max(known, key=lambda limit: limit[0]) if known else table["guest"]
+    if known:
+        return max(known, key=lambda limit: limit[0])
+    return min(table.values(), key=lambda limit: limit[0])
 
 
 # A call's script arguments: denylist key, subject key, bucket key; capacity, refill,

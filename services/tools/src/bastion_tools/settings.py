@@ -7,10 +7,10 @@ canonical resource URI of this server is `public_url` + `mcp_path`.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from bastion_common.settings import Secret, ServiceSettings
+from bastion_common.settings import POLICY_FILE_SETTING, Secret, ServiceSettings
 
 __all__ = ["Settings"]
 
@@ -80,9 +80,13 @@ class Settings(ServiceSettings):
     json_response: bool = True
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     upstream_timeout: float = Field(default=5.0, gt=0, le=30)
-    # The policy file (docs/gateway.md): MCP servers behind the gateway and their tool
-    # rules. Unset: no upstreams, the built-in tools only.
-    policy_file: str | None = None
+    # The policy file (docs/gateway.md): roles, MCP servers behind the gateway and their
+    # tool rules; the same file auth and keys read. Unset: the built-in roles and tools
+    # only. TOOLS_POLICY_FILE, its name before auth and keys read it, still works.
+    policy_file: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(POLICY_FILE_SETTING, "TOOLS_POLICY_FILE", "policy_file"),
+    )
     # At start-up, how long the MCP endpoint waits for upstreams to be listed before it
     # serves (the built-in tools) anyway; upstreams that come later are listed then.
     gateway_settle_seconds: float = Field(default=5.0, ge=0, le=60)

@@ -30,6 +30,7 @@ from bastion_common.auditor import Auditor
 from bastion_common.clientip import client_ip
 from bastion_common.contracts import CLIENT_IP_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 from bastion_common.logging import get_logger
+from bastion_common.permissions import DEFAULT_RATE_LIMITS
 from bastion_common.tokens import Principal, TokenError
 from bastion_tools.guard import authn
 from bastion_tools.guard.body import read_body, replay
@@ -49,8 +50,8 @@ REFUSALS = Counter("bastion_tools_refusals", "MCP requests refused by the guard"
 @dataclass(frozen=True)
 class GuardConfig:
     """What the guard enforces. `resource_uri` is the RFC 8707 canonical URI (the
-    audience tokens must carry); `rate_limits` maps a role to (capacity, refill per
-    second), `bastion_common.permissions.DEFAULT_RATE_LIMITS` filling the rest."""
+    audience tokens must carry); `role_limits` maps each role of the policy file to
+    (capacity, refill per second), `rate_limits` overrides some of them."""
 
     resource_uri: str
     resource_metadata_url: str
@@ -60,6 +61,9 @@ class GuardConfig:
     authorization_servers: Sequence[str] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     rate_limits: Mapping[str, tuple[int, float]] = field(default_factory=dict)
+    role_limits: Mapping[str, tuple[int, float]] = field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS)
+    )
     ip_capacity: int = 30
     ip_refill_per_second: float = 1.0
     trusted_proxies: Sequence[str] = ()  # whose X-Forwarded-For is believed (clientip)
@@ -80,7 +84,7 @@ class Guard:
         self.app: ASGIApp | None = None
         self.rules: Mapping[str, ToolRule] = {}
         self.deps: GuardDeps | None = None
-        self.plans = Plans(config.resource_uri, config.rate_limits)
+        self.plans = Plans(config.resource_uri, config.rate_limits, config.role_limits)
         self.throttle = IpThrottle()
 
     def bind(self, app: ASGIApp, rules: Mapping[str, ToolRule], deps: GuardDeps) -> None:

@@ -19,6 +19,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
 from bastion_common.contracts import API_KEY_PREFIX
+from bastion_common.permissions import DEFAULT_RATE_LIMITS
 from bastion_common.subjects import KEYS_BEFORE, TOKENS_BEFORE, issued_at, subject_key
 from bastion_common.tokens import Principal, denylist_key, token_fingerprint
 from bastion_tools.guard.authn import refused_credential
@@ -65,9 +66,15 @@ class Plan:
 class Plans:
     """Plans by token fingerprint, bounded (emptied when full)."""
 
-    def __init__(self, resource_uri: str, rate_limits: Mapping[str, tuple[int, float]]) -> None:
+    def __init__(
+        self,
+        resource_uri: str,
+        rate_limits: Mapping[str, tuple[int, float]],
+        role_limits: Mapping[str, tuple[int, float]] = DEFAULT_RATE_LIMITS,
+    ) -> None:
         self._resource = resource_uri
         self._rate_limits = rate_limits
+        self._role_limits = role_limits
         self._plans: dict[str, Plan] = {}
 
     def get(self, principal: Principal, token: str) -> Plan:
@@ -80,7 +87,7 @@ class Plans:
             return plan
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
-        capacity, refill = limits_for_roles(principal.roles, self._rate_limits)
+        capacity, refill = limits_for_roles(principal.roles, self._rate_limits, self._role_limits)
         user = AuthenticatedUser(
             AccessToken(
                 token=fingerprint,
