@@ -54,6 +54,7 @@ from pydantic import (
 )
 
 from bastion_common.logging import find_credentials, is_sensitive_key
+from bastion_common.secretrefs import ENV_NAME, check_reference, is_reference, resolve
 
 __all__ = [
     "PERMISSION_PATTERN",
@@ -72,10 +73,6 @@ __all__ = [
 
 PREFIX_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 PERMISSION_PATTERN = r"^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$"
-_SECRET_REF = re.compile(
-    r"^(?:(?P<scheme>[A-Za-z][A-Za-z0-9-]*) )?\$\{(?P<kind>env|file):(?P<target>[^}]+)\}$"
-)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 # Headers the MCP transport owns: a policy file must not set them.
 _RESERVED_HEADERS = frozenset(
@@ -109,22 +106,7 @@ class PolicyError(Exception):
         self.problems = problems
 
 
-def _secret_reference(value: str) -> str:
-    match = _SECRET_REF.match(value)
-    if match is None:
-        raise ValueError(
-            "must be a secret reference such as ${env:NAME} or 'Bearer ${file:/run/secrets/x}',"
-            " never a literal value"
-        )
-    kind, target = match["kind"], match["target"]
-    if kind == "env" and not _ENV_NAME.match(target):
-        raise ValueError("${env:NAME} needs a variable name (letters, digits, _)")
-    if kind == "file" and not target.startswith("/"):
-        raise ValueError("${file:PATH} needs an absolute path")
-    return value
-
-
-SecretReference = Annotated[str, AfterValidator(_secret_reference)]
+SecretReference = Annotated[str, AfterValidator(check_reference)]
 Permission = Annotated[str, Field(pattern=PERMISSION_PATTERN, max_length=64)]
 
 
@@ -235,12 +217,12 @@ class UpstreamPolicy(_Strict):
                     " directory the gateway gives the process"
                 )
         for name, value in self.env.items():
-            if not _ENV_NAME.match(name):
+            if not ENV_NAME.match(name):
                 raise ValueError(f"env name {name[:64]!r} is not a variable name (A-Z, 0-9, _)")
             if name.upper() in _GATEWAY_ENV:
                 raise ValueError(f"env {name} is set by the gateway, not the policy")
-            if _SECRET_REF.match(value):
-                _secret_reference(value)
+            if is_reference(value):
+                check_reference(value)
             elif is_sensitive_key(name) or _looks_secret(value):
                 raise ValueError(
                     f"env {name} must be a secret reference such as ${{env:NAME}} or"
@@ -317,13 +299,13 @@ def parse_policy(
     for name, upstream in policy.mcp_servers.items():
         for header, reference in upstream.headers.items():
             place = f"{source}: mcpServers.{name}.headers.{header}"
-            value = _resolve(reference, env, place, problems)
+            value = resolve(reference, env, place, problems)
             if value is not None:
                 upstream._secret_headers[header] = SecretStr(value)
         for variable, text in upstream.env.items():
-            if _SECRET_REF.match(text):
+            if is_reference(text):
                 place = f"{source}: mcpServers.{name}.env.{variable}"
-                resolved = _resolve(text, env, place, problems)
+                resolved = resolve(text, env, place, problems)
                 if resolved is None:
                     continue
                 text = resolved
@@ -346,28 +328,3 @@ def _line(source: str, error: Any) -> str:
     loc = ".".join(str(part) for part in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{source}: {loc}: {message}" if loc else f"{source}: {message}"
-
-
-def _resolve(reference: str, env: Mapping[str, str], place: str, problems: list[str]) -> str | None:
-    """The header value `reference` names; a problem (never the value) when it cannot be had."""
-    match = _SECRET_REF.match(reference)
-    assert match is not None  # noqa: S101 - validated by SecretReference
-    kind, target, scheme = match["kind"], match["target"], match["scheme"]
-    if kind == "env":
-        secret = env.get(target)
-        if not secret:
-            problems.append(f"{place}: environment variable {target} is not set")
-            return None
-    else:
-        try:
-            secret = Path(target).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{place}: {target} cannot be read ({type(exc).__name__})")
-            return None
-        if not secret:
-            problems.append(f"{place}: {target} is empty")
-            return None
-    if any(ch in secret for ch in "\r\n\0"):
-        problems.append(f"{place}: the secret contains a line break or NUL")
-        return None
-    return f"{scheme} {secret}" if scheme else secret
