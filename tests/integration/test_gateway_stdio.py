@@ -156,6 +156,9 @@ async def test_two_principals_of_the_filesystem_server_cannot_see_each_others_fi
             assert "denied" in _text(stolen).lower(), _text(stolen)
         tree = await client.call_tool("fs_list_directory", {"path": "/stdio/files"})
         assert tree.is_error and name not in _text(tree)
+    # Each directory is its process's alone (0700), made by the gateway before the start.
+    modes = stack.exec("tools", "stat", "-c", "%a %U", home_a, home_b).split("\n")
+    assert modes[:2] == ["700 bastion", "700 bastion"], modes
 
 
 async def test_past_max_processes_a_principal_gets_a_clear_error_then_a_slot_once_one_idles(
