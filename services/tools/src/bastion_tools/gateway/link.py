@@ -19,8 +19,7 @@ from typing import Any, Literal
 import anyio
 import httpx2
 import mcp_types as types
-from mcp.client import Client
-from mcp.client._transport import Transport
+from mcp.client import Client, Transport
 from mcp.client.session import IncomingMessage
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client

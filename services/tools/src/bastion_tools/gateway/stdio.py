@@ -25,7 +25,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio
-from mcp.client._transport import Transport, TransportStreams
+from mcp.client import Transport
+from mcp.client._transport import TransportStreams
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from bastion_common.logging import get_logger
