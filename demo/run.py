@@ -132,7 +132,8 @@ async def main(env_path: Path) -> None:
         await mcp.initialize(http)
         names = [tool["name"] for tool in (await mcp.list_tools(http)).result["tools"]]
         upstream = sorted(name for name in names if name not in TOOL_CALLS)
-        console.print(f"upstream tools listed: {', '.join(upstream) or 'none'}")
+        # One line however many upstreams the stack has (the test stack has five).
+        console.print(f"upstream tools listed: {', '.join(upstream) or 'none'}", soft_wrap=True)
         if "time_get_current_time" in upstream:
             reply = await mcp.call_tool(http, "time_get_current_time", {"timezone": "Asia/Tokyo"})
             shown = (reply.result.get("structuredContent") or {}) if reply.error is None else {}
@@ -144,6 +145,19 @@ async def main(env_path: Path) -> None:
             console.print(
                 f"gateway: bad arguments {outcome(bad)[0]} {outcome(bad)[1]}"
                 " (checked against the pinned schema; never sent upstream)"
+            )
+
+    if "fs_list_allowed_directories" in upstream:
+        console.print(Panel.fit("Gateway, a local server: the filesystem server, one process each"))
+        for role in ("user", "premium"):
+            mcp = McpHttp(tools_uri, tokens[role]["access_token"])
+            async with httpx2.AsyncClient(timeout=30) as http:
+                await mcp.initialize(http)
+                reply = await mcp.call_tool(http, "fs_list_allowed_directories", {})
+            text = (reply.result or {}).get("content", [{}])[0].get("text", "-") or "-"
+            console.print(
+                f"gateway (stdio): {role} fs_list_allowed_directories {outcome(reply)[0]}"
+                f" ({text.split()[-1]})"
             )
 
     console.print(Panel.fit("Rate limit: the guest calls get_weather until refused"))

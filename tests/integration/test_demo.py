@@ -82,6 +82,17 @@ def test_the_demo_shows_a_third_party_server_behind_the_gateway(demo_output: str
     assert "gateway: bad arguments rejected invalid arguments" in demo_output
 
 
+def test_the_demo_shows_a_local_server_with_a_directory_per_person(demo_output: str) -> None:
+    seen = dict(
+        re.findall(
+            r"gateway \(stdio\): (user|premium) fs_list_allowed_directories allowed"
+            r" \((/stdio/files/p-[0-9a-f]{32})\)",
+            demo_output,
+        )
+    )
+    assert set(seen) == {"user", "premium"} and seen["user"] != seen["premium"], demo_output
+
+
 def test_the_demo_shows_a_revocation_taking_effect(demo_output: str) -> None:
     assert "revoke -> 200" in demo_output
     assert re.search(r"call after revocation -> 401 .*invalid_token", demo_output)

@@ -33,7 +33,10 @@ from tests.integration.oauth import OAuthClient
 
 pytestmark = pytest.mark.anyio
 
-GATEWAY_PREFIXES = ("ev_", "time_")
+# The HTTP upstreams of this module; every upstream of the test policy (the stdio ones of
+# test_gateway_stdio.py too) is in GATEWAY_PREFIXES, which other modules leave aside.
+HTTP_PREFIXES = ("ev_", "time_")
+GATEWAY_PREFIXES = (*HTTP_PREFIXES, "fs_", "evs_", "clock_")
 POLICY = load_policy(
     Path(__file__).parents[2] / "deploy" / "upstreams" / "policy.test.yaml", resolve_secrets=False
 )
@@ -148,7 +151,7 @@ async def test_each_role_sees_and_calls_exactly_its_upstream_tools(
     for role, token in tokens.items():
         async with _sdk(stack, token) as client:
             listed = {t.name for t in (await client.list_tools()).tools}
-            assert {n for n in listed if n.startswith(GATEWAY_PREFIXES)} == EXPECTED[role], role
+            assert {n for n in listed if n.startswith(HTTP_PREFIXES)} == EXPECTED[role], role
             for tool, (_, arguments) in PROBES.items():
                 if tool in EXPECTED[role]:
                     result = await client.call_tool(tool, arguments)

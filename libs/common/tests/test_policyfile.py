@@ -74,14 +74,14 @@ def test_every_problem_gets_its_own_line_naming_the_place() -> None:
 mcpServers:
   a: {url: "ftp://a/mcp", timeout_seconds: 0}
   b: {url: "http://b/mcp", pinning: sometimes, tools: {t: {cost: 0, colour: red}}}
-  c: {command: npx, args: [server]}
+  c: {command: npx, url: "http://c/mcp"}
 """
     problems = _problems(text)
     assert any(p.startswith("p.yaml: mcpServers.a.timeout_seconds:") for p in problems)
     assert any(p.startswith("p.yaml: mcpServers.b.pinning:") for p in problems)
     assert any(p.startswith("p.yaml: mcpServers.b.tools.t.cost:") for p in problems)
     assert any(p.startswith("p.yaml: mcpServers.b.tools.t.colour:") for p in problems)
-    assert any("mcpServers.c" in p and "stdio servers" in p for p in problems)
+    assert any("mcpServers.c" in p and "either url" in p for p in problems)
     assert len(problems) == 5
 
 
@@ -151,3 +151,86 @@ def test_the_shipped_example_and_test_policies_are_valid() -> None:
     text = text.replace("${file:/run/bastion-time-key}", "${env:TIME_KEY}")
     test = parse_policy(text, environ={**secrets, "TIME_KEY": "k"})
     assert test.mcp_servers["everything"].tools["gzip-file-as-resource"].deny
+
+
+STDIO = """
+mcpServers:
+  fs:
+    command: node
+    args: [/opt/stdio/fs.js, "${principal_dir}"]
+    env: {NODE_OPTIONS: --experimental-global-webcrypto, GITHUB_TOKEN: "${env:GH}"}
+    cwd: work
+    isolation: per-principal
+    idle_timeout_seconds: 60
+    max_processes: 3
+  clock: {type: stdio, command: /opt/stdio/venv/bin/mcp-server-time}
+"""
+
+
+def test_a_stdio_server_in_the_claude_desktop_format_is_read() -> None:
+    policy = parse_policy(STDIO, environ={"GH": "ghp_" + "a" * 36})
+    fs, clock = policy.mcp_servers["fs"], policy.mcp_servers["clock"]
+    assert fs.stdio and fs.url is None and fs.isolation == "per-principal"
+    assert fs.args == ["/opt/stdio/fs.js", "${principal_dir}"] and fs.cwd == "work"
+    assert (fs.idle_timeout_seconds, fs.max_processes) == (60, 3)
+    env = {k: v.get_secret_value() for k, v in fs.secret_env.items()}
+    assert env == {
+        "NODE_OPTIONS": "--experimental-global-webcrypto",
+        "GITHUB_TOKEN": "ghp_" + "a" * 36,
+    }
+    assert clock.isolation == "shared" and clock.secret_env == {}
+    assert "ghp_" not in repr(policy) and "ghp_" not in policy.model_dump_json()
+
+
+def test_a_literal_secret_in_a_stdio_env_is_refused_without_echoing_it() -> None:
+    text = """
+mcpServers:
+  a: {command: x, env: {GITHUB_TOKEN: "not-a-reference-1234"}}
+  b: {command: x, env: {HARMLESS_NAME: "ghp_0123456789abcdefghij0123456789abcdef"}}
+  c: {command: x, env: {DATABASE_URL: "postgres://app:hunter2pw@db/app"}}
+  d: {command: x, env: {LOG_LEVEL: debug, DB_HOST: db}}
+"""
+    problems = _problems(text)
+    assert len(problems) == 3, problems
+    for name, variable in (("a", "GITHUB_TOKEN"), ("b", "HARMLESS_NAME"), ("c", "DATABASE_URL")):
+        assert any(f"mcpServers.{name}" in p and f"env {variable} must be a secret reference" in p
+                   for p in problems)  # fmt: skip
+    joined = "\n".join(problems)
+    assert "not-a-reference" not in joined and "ghp_0123" not in joined and "hunter2" not in joined
+
+
+def test_a_stdio_env_reference_that_cannot_be_had_names_the_variable() -> None:
+    (line,) = _problems('mcpServers: {a: {command: x, env: {API_KEY: "${env:MISSING}"}}}')
+    assert line == "p.yaml: mcpServers.a.env.API_KEY: environment variable MISSING is not set"
+
+
+def test_what_the_gateway_owns_cannot_be_set_by_a_stdio_entry() -> None:
+    text = """
+mcpServers:
+  a: {command: x, env: {HOME: /root}}
+  b: {command: x, env: {PATH: /tmp/evil}}
+  c: {command: x, cwd: /etc}
+  d: {command: x, cwd: "work/../../other"}
+  e: {command: x, args: ["${principal_dir}"]}
+  f: {command: x, headers: {X-K: "${env:K}"}}
+  g: {url: "http://g/mcp", isolation: per-principal}
+  h: {type: stdio, url: "http://h/mcp"}
+  i: {}
+  j: {command: x, env: {"BAD NAME": v}}
+"""
+    problems = _problems(text, K="k")
+    expected = {
+        "a": "env HOME is set by the gateway",
+        "b": "env PATH is set by the gateway",
+        "c": "cwd must be a relative path",
+        "d": "cwd must be a relative path",
+        "e": "${principal_dir} needs isolation: per-principal",
+        "f": "headers are for remote servers",
+        "g": "per-principal is for stdio servers",
+        "h": "type stdio needs command",
+        "i": "either url",
+        "j": "is not a variable name",
+    }
+    for name, text_ in expected.items():
+        assert any(f"mcpServers.{name}:" in p and text_ in p for p in problems), (name, problems)
+    assert len(problems) == len(expected)

@@ -19,10 +19,16 @@ mcpServers:
     redact: true
 ```
 
+A local (stdio) server is an entry with `command` instead of `url` (Claude Desktop's
+`command`, `args`, `env`, and `cwd`), with `isolation` (`shared` | `per-principal`),
+`idle_timeout_seconds` and `max_processes` beside it; `${principal_dir}` in `args` is the
+process's own directory (per-principal servers only).
+
 Header values are only secret references, `${env:NAME}` or `${file:/path}` (optionally
-after a scheme word: `Bearer ${env:NAME}`), never inline; they are resolved once, at
-start-up, and held as `SecretStr`. `load_policy` reads, validates and resolves the file,
-or raises `PolicyError` with one line per problem naming the place.
+after a scheme word: `Bearer ${env:NAME}`), never inline; so are `env` values whose name
+looks sensitive (`logging.is_sensitive_key`) or whose value looks like a credential. All are
+resolved once, at start-up, and held as `SecretStr`. `load_policy` reads, validates and
+resolves the file, or raises `PolicyError` with one line per problem naming the place.
 """
 
 from __future__ import annotations
@@ -47,14 +53,17 @@ from pydantic import (
     model_validator,
 )
 
-from bastion_common.logging import is_sensitive_key
+from bastion_common.logging import find_credentials, is_sensitive_key
 from bastion_common.permissions import DEFAULT_ROLES, RoleTable
 from bastion_common.policyroles import PERMISSION_PATTERN, ROLE_PATTERN, RolePolicy, role_table
+from bastion_common.secretrefs import ENV_NAME, check_reference, is_reference, resolve
 
 __all__ = [
     "PERMISSION_PATTERN",
     "PREFIX_PATTERN",
     "ROLE_PATTERN",
+    "PRINCIPAL_DIR",
+    "Isolation",
     "Pinning",
     "Policy",
     "PolicyError",
@@ -66,10 +75,6 @@ __all__ = [
 ]
 
 PREFIX_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
-_SECRET_REF = re.compile(
-    r"^(?:(?P<scheme>[A-Za-z][A-Za-z0-9-]*) )?\$\{(?P<kind>env|file):(?P<target>[^}]+)\}$"
-)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 # Headers the MCP transport owns: a policy file must not set them.
 _RESERVED_HEADERS = frozenset(
@@ -87,6 +92,12 @@ _RESERVED_HEADERS = frozenset(
 )
 
 Pinning = Literal["approve", "auto", "off"]
+Isolation = Literal["shared", "per-principal"]
+# In a stdio server's args: the directory the gateway gives that process (its own).
+PRINCIPAL_DIR = "${principal_dir}"
+# Set by the gateway for every stdio child (docs/gateway.md): never by the file.
+_GATEWAY_ENV = frozenset({"HOME", "PATH", "PWD"})
+_URL_USERINFO = re.compile(r"://[^/@\s]*:[^/@\s]*@")
 
 
 class PolicyError(Exception):
@@ -97,22 +108,7 @@ class PolicyError(Exception):
         self.problems = problems
 
 
-def _secret_reference(value: str) -> str:
-    match = _SECRET_REF.match(value)
-    if match is None:
-        raise ValueError(
-            "must be a secret reference such as ${env:NAME} or 'Bearer ${file:/run/secrets/x}',"
-            " never a literal value"
-        )
-    kind, target = match["kind"], match["target"]
-    if kind == "env" and not _ENV_NAME.match(target):
-        raise ValueError("${env:NAME} needs a variable name (letters, digits, _)")
-    if kind == "file" and not target.startswith("/"):
-        raise ValueError("${file:PATH} needs an absolute path")
-    return value
-
-
-SecretReference = Annotated[str, AfterValidator(_secret_reference)]
+SecretReference = Annotated[str, AfterValidator(check_reference)]
 Permission = Annotated[str, Field(pattern=PERMISSION_PATTERN, max_length=64)]
 
 
@@ -138,10 +134,15 @@ class UpstreamPermissions(_Strict):
 
 
 class UpstreamPolicy(_Strict):
-    # The mcpServers fields (a remote server: url, headers; `type` as clients write it).
-    url: str
-    type: Literal["http", "streamable-http", "streamableHttp"] | None = None
+    # The mcpServers fields: a remote server (url, headers; `type` as clients write it) or
+    # a local one run as a child process (command, args, env, cwd).
+    url: str | None = None
+    type: Literal["http", "streamable-http", "streamableHttp", "stdio"] | None = None
     headers: dict[str, SecretReference] = Field(default_factory=dict)
+    command: str | None = Field(default=None, min_length=1, max_length=4096)
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=256)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = Field(default=None, max_length=255)
     # Bastion's own.
     prefix: str | None = Field(default=None, pattern=PREFIX_PATTERN)
     permissions: UpstreamPermissions = Field(default_factory=UpstreamPermissions)
@@ -153,8 +154,14 @@ class UpstreamPolicy(_Strict):
     refresh_seconds: float = Field(default=300.0, ge=1, le=86400)
     breaker_failures: int = Field(default=5, ge=1, le=1000)
     breaker_reset_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # stdio only: one process for everyone, or one per principal (the token's subject),
+    # started on first use, stopped after idle_timeout_seconds, at most max_processes.
+    isolation: Isolation = "shared"
+    idle_timeout_seconds: float = Field(default=300.0, ge=1, le=86400)
+    max_processes: int = Field(default=16, ge=1, le=1024)
 
     _secret_headers: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+    _secret_env: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
 
     @field_validator("pinning", mode="before")
     @classmethod
@@ -162,17 +169,19 @@ class UpstreamPolicy(_Strict):
         # YAML 1.1 reads an unquoted `off` as false: `pinning: off` means "off".
         return "off" if value is False else value
 
-    @model_validator(mode="before")
-    @classmethod
-    def _remote_only(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and "command" in data:
-            raise ValueError(
-                "stdio servers (command, args) are not supported yet: give the server's url"
-            )
-        return data
+    @property
+    def stdio(self) -> bool:
+        return self.command is not None
 
     @model_validator(mode="after")
     def _checked(self) -> UpstreamPolicy:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("give either url (a remote server) or command (a local stdio one)")
+        if self.command is not None:
+            return self._checked_stdio()
+        assert self.url is not None  # noqa: S101 - one of the two, checked above
+        if self.type == "stdio":
+            raise ValueError("type stdio needs command, not url")
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("url must be an http:// or https:// URL with a host")
@@ -189,12 +198,58 @@ class UpstreamPolicy(_Strict):
                 raise ValueError(f"header name {name[:64]!r} is not a valid HTTP header name")
             if name.lower() in _RESERVED_HEADERS:
                 raise ValueError(f"header {name} is set by the MCP transport, not the policy")
+        if self.isolation != "shared":
+            raise ValueError("isolation per-principal is for stdio servers (command) only")
+        return self
+
+    def _checked_stdio(self) -> UpstreamPolicy:
+        if self.type not in (None, "stdio"):
+            raise ValueError(f"type {self.type} needs url, not command")
+        if self.headers:
+            raise ValueError("headers are for remote servers: a stdio server takes env")
+        if "\0" in (self.command or "") or any("\0" in arg for arg in self.args):
+            raise ValueError("command and args must not contain NUL")
+        if self.isolation == "shared" and any(PRINCIPAL_DIR in arg for arg in self.args):
+            raise ValueError(f"{PRINCIPAL_DIR} needs isolation: per-principal")
+        if self.cwd is not None:
+            parts = self.cwd.split("/")
+            if self.cwd.startswith("/") or ".." in parts or "\0" in self.cwd:
+                raise ValueError(
+                    "cwd must be a relative path without '..': it is taken inside the"
+                    " directory the gateway gives the process"
+                )
+        for name, value in self.env.items():
+            if not ENV_NAME.match(name):
+                raise ValueError(f"env name {name[:64]!r} is not a variable name (A-Z, 0-9, _)")
+            if name.upper() in _GATEWAY_ENV:
+                raise ValueError(f"env {name} is set by the gateway, not the policy")
+            if is_reference(value):
+                check_reference(value)
+            elif is_sensitive_key(name) or _looks_secret(value):
+                raise ValueError(
+                    f"env {name} must be a secret reference such as ${{env:NAME}} or"
+                    " ${file:/run/secrets/x}, never a literal value"
+                )
+            elif "\0" in value:
+                raise ValueError(f"env {name} must not contain NUL")
         return self
 
     @property
     def secret_headers(self) -> Mapping[str, SecretStr]:
         """The headers with their references resolved (filled by `load_policy`)."""
         return self._secret_headers
+
+    @property
+    def secret_env(self) -> Mapping[str, SecretStr]:
+        """A stdio server's env, references resolved and plain values as they are (filled by
+        `load_policy`): the only variables its process gets besides the gateway's own."""
+        return self._secret_env
+
+
+def _looks_secret(value: str) -> bool:
+    """A plain env value that would be a credential in the file: a known shape, or a URL
+    with a password."""
+    return bool(find_credentials(value)[1]) or bool(_URL_USERINFO.search(value))
 
 
 class Policy(_Strict):
@@ -262,9 +317,17 @@ def parse_policy(
     for name, upstream in policy.mcp_servers.items() if resolve_secrets else ():
         for header, reference in upstream.headers.items():
             place = f"{source}: mcpServers.{name}.headers.{header}"
-            value = _resolve(reference, env, place, problems)
+            value = resolve(reference, env, place, problems)
             if value is not None:
                 upstream._secret_headers[header] = SecretStr(value)
+        for variable, text in upstream.env.items():
+            if is_reference(text):
+                place = f"{source}: mcpServers.{name}.env.{variable}"
+                resolved = resolve(text, env, place, problems)
+                if resolved is None:
+                    continue
+                text = resolved
+            upstream._secret_env[variable] = SecretStr(text)
     if problems:
         raise PolicyError(problems)
     return policy
@@ -285,28 +348,3 @@ def _line(source: str, error: Any) -> str:
     loc = ".".join(str(part) for part in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{source}: {loc}: {message}" if loc else f"{source}: {message}"
-
-
-def _resolve(reference: str, env: Mapping[str, str], place: str, problems: list[str]) -> str | None:
-    """The header value `reference` names; a problem (never the value) when it cannot be had."""
-    match = _SECRET_REF.match(reference)
-    assert match is not None  # noqa: S101 - validated by SecretReference
-    kind, target, scheme = match["kind"], match["target"], match["scheme"]
-    if kind == "env":
-        secret = env.get(target)
-        if not secret:
-            problems.append(f"{place}: environment variable {target} is not set")
-            return None
-    else:
-        try:
-            secret = Path(target).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{place}: {target} cannot be read ({type(exc).__name__})")
-            return None
-        if not secret:
-            problems.append(f"{place}: {target} is empty")
-            return None
-    if any(ch in secret for ch in "\r\n\0"):
-        problems.append(f"{place}: the secret contains a line break or NUL")
-        return None
-    return f"{scheme} {secret}" if scheme else secret

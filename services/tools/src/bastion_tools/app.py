@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import httpx2
@@ -136,7 +137,12 @@ def create_app(settings: Settings, policy: Policy | None = None) -> FastAPI:
                 max_bytes=settings.max_file_bytes,
             )
             gateway = Gateway(
-                policy, PinStore(state.redis), GatewayRecord(auditor), frozenset(catalog)
+                policy,
+                PinStore(state.redis),
+                GatewayRecord(auditor),
+                frozenset(catalog),
+                stdio_root=Path(settings.stdio_root),
+                stdio_path=settings.stdio_path,
             )
             rules = Rules(catalog, gateway)
             mcp: MCPServer[object] = MCPServer(

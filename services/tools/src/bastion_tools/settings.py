@@ -90,6 +90,10 @@ class Settings(ServiceSettings):
     # At start-up, how long the MCP endpoint waits for upstreams to be listed before it
     # serves (the built-in tools) anyway; upstreams that come later are listed then.
     gateway_settle_seconds: float = Field(default=5.0, ge=0, le=60)
+    # Local (stdio) upstreams: each process gets its own directory under this root, and
+    # this PATH (docs/gateway.md, "Local servers").
+    stdio_root: str = "/stdio"
+    stdio_path: str = "/opt/stdio/bin:/usr/local/bin:/usr/bin:/bin"
 
     @property
     def resource_uri(self) -> str:

@@ -70,7 +70,7 @@ class GatewayForwarder:
         found = problems(tool.arguments, arguments, "arguments")
         if found:
             raise InvalidArguments(name, found)  # before anything is sent upstream
-        result = await gateway.links[tool.upstream].call(tool.upstream_tool, arguments)
+        result = await gateway.call(tool.upstream, tool.upstream_tool, arguments, principal.subject)
         invalid = output_problems(tool, result)
         if invalid:
             fields = sorted({p["field"] for p in invalid})

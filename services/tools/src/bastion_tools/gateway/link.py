@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any, Literal
 
 import anyio
 import httpx2
 import mcp_types as types
-from mcp.client import Client
+from mcp.client import Client, Transport
 from mcp.client.session import IncomingMessage
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -57,6 +58,8 @@ Listing = Callable[["UpstreamLink", list[types.Tool]], Awaitable[None]]
 
 
 class UpstreamLink:
+    reports_up = True  # sets bastion_gateway_upstream_up (a per-principal process does not)
+
     def __init__(self, name: str, policy: UpstreamPolicy, on_listing: Listing) -> None:
         self.name = name
         self.policy = policy
@@ -87,23 +90,31 @@ class UpstreamLink:
             await anyio.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF)
 
-    async def _session(self) -> None:
+    async def _open(self, stack: AsyncExitStack) -> Transport:
+        """The transport to the upstream: streamable HTTP (`stdio.StdioLink` runs a child)."""
         headers = {k: v.get_secret_value() for k, v in self.policy.secret_headers.items()}
         timeout = httpx2.Timeout(self.policy.timeout_seconds, read=300.0)
-        async with (
-            create_mcp_http_client(headers=headers, timeout=timeout) as http,
-            Client(
-                streamable_http_client(self.policy.url, http_client=http),
-                cache=None,
-                message_handler=self._on_message,
-                read_timeout_seconds=self.policy.timeout_seconds,
-            ) as client,
-        ):
+        http = await stack.enter_async_context(
+            create_mcp_http_client(headers=headers, timeout=timeout)
+        )
+        return streamable_http_client(self.policy.url or "", http_client=http)
+
+    async def _session(self) -> None:
+        async with AsyncExitStack() as stack:
+            client = await stack.enter_async_context(
+                Client(
+                    await self._open(stack),
+                    cache=None,
+                    message_handler=self._on_message,
+                    read_timeout_seconds=self.policy.timeout_seconds,
+                )
+            )
             self._client, self._broken = client, False
             await self.refresh()
             self.state, self.reason = "up", None
             self.settled.set()
-            UP.labels(self.name).set(1)
+            if self.reports_up:
+                UP.labels(self.name).set(1)
             log.info("gateway.upstream_up", upstream=self.name)
             while not self._broken:
                 with anyio.move_on_after(self.policy.refresh_seconds):
@@ -119,7 +130,8 @@ class UpstreamLink:
             log.warning("gateway.upstream_down", upstream=self.name, reason=reason)
         self.state, self.reason = "down", reason
         self.settled.set()
-        UP.labels(self.name).set(0)
+        if self.reports_up:
+            UP.labels(self.name).set(0)
 
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, types.ToolListChangedNotification):

@@ -6,18 +6,22 @@ upstream's pinning is `auto` or `off`), held when it changed or is new. Held too
 their rule, so RBAC still judges a call to one, which is then refused with a clear
 error. An upstream that is down keeps its tools listed; calls to it get an error naming
 it. `rules` is what the guard and the policy judge calls by: built-in tools and these.
+A stdio upstream's link runs its process (`stdio`); a per-principal one's is the
+discovery process, and calls go to the caller's own process (`processes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import anyio
 import mcp_types as types
+from mcp_types import CallToolResult
 
 from bastion_common.logging import get_logger
-from bastion_common.policyfile import Policy
+from bastion_common.policyfile import Policy, UpstreamPolicy
 from bastion_tools.gateway.definitions import (
     GatewayTool,
     canonical,
@@ -27,8 +31,10 @@ from bastion_tools.gateway.definitions import (
 )
 from bastion_tools.gateway.link import UpstreamLink
 from bastion_tools.gateway.pins import Held, PinStatus, PinStore
+from bastion_tools.gateway.processes import PrincipalProcesses
 from bastion_tools.gateway.record import GatewayRecord
 from bastion_tools.gateway.schemas import SchemaProblem
+from bastion_tools.gateway.stdio import DEFAULT_PATH, StdioLink, process_directory
 from bastion_tools.guard.rbac import ToolRule
 
 __all__ = ["Gateway", "Rules"]
@@ -43,24 +49,53 @@ MAX_DEFINITION_BYTES = 64 * 1024
 
 class Gateway:
     def __init__(
-        self, policy: Policy, pins: PinStore, record: GatewayRecord, reserved: frozenset[str]
+        self,
+        policy: Policy,
+        pins: PinStore,
+        record: GatewayRecord,
+        reserved: frozenset[str],
+        *,
+        stdio_root: Path = Path("/stdio"),
+        stdio_path: str = DEFAULT_PATH,
     ) -> None:
         self.policy = policy
         self.pins = pins
         self.record = record
         self._reserved = reserved  # built-in tool names: an upstream cannot shadow them
+        self._stdio_root, self._stdio_path = stdio_root, stdio_path
+        self.pools: dict[str, PrincipalProcesses] = {}
         self.links = {
-            name: UpstreamLink(name, upstream, self.apply)
-            for name, upstream in policy.mcp_servers.items()
+            name: self._link(name, upstream) for name, upstream in policy.mcp_servers.items()
         }
         self.tools: dict[str, GatewayTool] = {}
         self.held: dict[str, GatewayTool] = {}
         self._refused: set[str] = set()  # digests of unusable definitions, recorded once
 
+    def _link(self, name: str, upstream: UpstreamPolicy) -> UpstreamLink:
+        if not upstream.stdio:
+            return UpstreamLink(name, upstream, self.apply)
+        if upstream.isolation == "per-principal":
+            pool = PrincipalProcesses(name, upstream, self.apply, root=self._stdio_root,
+                                      path=self._stdio_path)  # fmt: skip
+            self.pools[name] = pool
+            return pool.discovery
+        directory = process_directory(self._stdio_root, name, None)
+        return StdioLink(name, upstream, self.apply, directory=directory, path=self._stdio_path)
+
     async def run(self) -> None:
         async with anyio.create_task_group() as tasks:
-            for link in self.links.values():
-                tasks.start_soon(link.run)
+            for name, link in self.links.items():
+                pool = self.pools.get(name)
+                tasks.start_soon(link.run if pool is None else pool.run)
+
+    async def call(
+        self, upstream: str, tool: str, arguments: dict[str, Any], subject: str
+    ) -> CallToolResult:
+        """Forward one call: to the upstream's link, or to the caller's own process."""
+        pool = self.pools.get(upstream)
+        if pool is not None:
+            return await pool.call(tool, arguments, subject)
+        return await self.links[upstream].call(tool, arguments)
 
     async def settle(self, timeout: float) -> None:
         """Wait up to `timeout` for every upstream's first connection attempt to end."""
@@ -72,10 +107,11 @@ class Gateway:
         """The readiness report of one upstream: its state, never a failure of `tools`."""
 
         async def report() -> str:
-            link = self.links[name]
+            link, pool = self.links[name], self.pools.get(name)
+            processes = f", {pool.report()}" if pool is not None else ""
             if link.state == "up":
-                return f"up (circuit {link.breaker.state})"
-            return f"{link.state} ({link.reason or 'connecting'})"
+                return f"up (circuit {link.breaker.state}{processes})"
+            return f"{link.state} ({link.reason or 'connecting'}{processes})"
 
         return report
 
@@ -90,6 +126,8 @@ class Gateway:
                 "tools": sum(1 for t in self.tools.values() if t.upstream == name),
                 "held": sum(1 for t in self.held.values() if t.upstream == name),
             }
+            if name in self.pools:
+                out[name]["processes"] = len(self.pools[name].running)
         return out
 
     async def relist(self, upstream: str) -> None:
