@@ -24,12 +24,13 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
-from bastion_common.permissions import ALL_PERMISSIONS
 from tests.integration.audit_api import AuditApi, now
 from tests.integration.conftest import Stack
 from tests.integration.oauth import OAuthClient
+from tests.integration.test_gateway import POLICY
 
 pytestmark = pytest.mark.anyio
+ALL_SCOPES = " ".join(sorted(POLICY.role_table.offered))  # every scope the test policy offers
 
 # Kills the newest process whose command line holds argv[1] (inside the tools container,
 # as its own user: the children are its own) and prints its pid.
@@ -69,7 +70,7 @@ class People:
             )
         assert created.status_code in (200, 201), created.text
         body = await self._client.token(
-            username, password, resource=_mcp(self._stack), scope=" ".join(sorted(ALL_PERMISSIONS))
+            username, password, resource=_mcp(self._stack), scope=ALL_SCOPES
         )
         return str(body["access_token"])
 
@@ -88,7 +89,7 @@ async def people(stack: Stack) -> People:
 async def admin_token(stack: Stack) -> str:
     admin = (stack.env["BOOTSTRAP_ADMIN_USERNAME"], stack.env["BOOTSTRAP_ADMIN_PASSWORD"])
     client = await OAuthClient.register(stack.urls["auth"], "gateway-stdio-admin")
-    body = await client.token(*admin, resource=_mcp(stack), scope=" ".join(ALL_PERMISSIONS))
+    body = await client.token(*admin, resource=_mcp(stack), scope=ALL_SCOPES)
     return str(body["access_token"])
 
 
