@@ -192,15 +192,18 @@ def main() -> None:
         }
         pids = {"gateway": tools.pid, "builtin": tools.pid}
         if args.peers:
-            from gateway_peers import ENFORCES, start_peers
+            from gateway_peers import ENFORCES, refused_without_token, start_peers
 
             peer_sides, peer_pids, found = start_peers(
                 procs, issuer, upstream_url, lambda: next(ports), call
             )
             sides |= peer_sides
             pids |= peer_pids
+            for name in ("gateway", *peer_sides):
+                refused_without_token(*sides[name])
             for name in ("bastion", *peer_sides):
                 print(f"{name}: {found.get(name, '')}\n  enforces: {ENFORCES[name]}")
+            print("each gateway refuses the call without a token (401)")
         rounds = run_rounds(sides, pids, args.calls, args.rounds)
     issuer.close()
     report(rounds, args.calls, found)
@@ -243,10 +246,13 @@ def report(rounds: dict[str, list[dict[str, float]]], calls: int, found: dict[st
         }
         for side, runs in rounds.items()
     }  # fmt: skip
-    direct = summary["direct"]["p50"]
-    for side in summary:
+    for side, runs in rounds.items():
         if side not in ("direct", "builtin"):
-            summary[side]["added_p50_ms"] = summary[side]["p50"] - direct
+            # Paired: this side's p50 less the direct p50 of the same round, so that
+            # the VM's drift between rounds falls on both.
+            added = [r["p50"] - d["p50"] for r, d in zip(runs, rounds["direct"], strict=True)]
+            summary[side]["added_p50_ms"] = median(added)
+            summary[side]["added_p50_spread"] = [min(added), max(added)]
     summary["cpu_ratio_gateway_vs_builtin"] = (
         summary["gateway"]["server_cpu_ms"] / summary["builtin"]["server_cpu_ms"]
     )

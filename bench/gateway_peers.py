@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from harness import SERVER_CPU, Issuer, Processes, mcp_headers, pinned, wait_port
+from harness import PYTHON, SERVER_CPU, Issuer, Processes, mcp_headers, pinned, wait_port
 from peers import SERVERS, install, versions
 
-__all__ = ["ENFORCES", "PEERS", "start_peers"]
+__all__ = ["ENFORCES", "PEERS", "refused_without_token", "start_peers"]
 
 PEERS = ("fastmcp-proxy", "contextforge")
 
@@ -40,15 +40,19 @@ ENFORCES = {
     ),
     "fastmcp-proxy": (
         "ES256 signature (joserfc, JWKS cached), issuer, audience, expiry, one required "
-        "scope for every tool; the call forwarded as is. No rate limit, no per-tool "
-        "permission, no pinning or schema check of arguments or results, no redaction, "
-        "no audit record"
+        "scope for every tool; each call on a fresh client session to the upstream (its "
+        "default for a URL target); arguments and results passed on unchecked "
+        "(ProxyTool.run). No rate limit, no per-tool permission, no pinning, no "
+        "redaction, no audit record"
     ),
     "contextforge": (
-        "HS256 JWT signed with its own secret (signature, expiry, jti required, the user "
-        "looked up in its SQLite store), its RBAC (team/visibility of the virtual "
-        "server and tool), its default plugins; the call forwarded to the registered "
-        "gateway. Its defaults as installed: tool metrics written to SQLite"
+        "HS256 JWT signed with its own secret: signature, audience and issuer (its "
+        "defaults), expiry and jti required; the user must exist in its SQLite store and "
+        "the token must not be revoked (both cached, 60 s and 30 s); its RBAC (team and "
+        "visibility of the virtual server and tool); a rate limit per client (in memory "
+        "without Redis; here a bucket no run empties); execution metrics recorded to "
+        "SQLite (buffered). Plugins (its guardrails, PII filter) are off by default and "
+        "stay off here"
     ),
 }
 
@@ -65,7 +69,11 @@ def start_peers(
     """Each peer started in front of `upstream_url`: its side (url, body, headers), its
     pid, and the versions installed."""
     fastmcp, contextforge = install("fastmcp"), install("contextforge")
-    found = {"fastmcp-proxy": versions(fastmcp), "contextforge": _cf_versions(contextforge)}
+    found = {
+        "bastion": versions(PYTHON),
+        "fastmcp-proxy": versions(fastmcp),
+        "contextforge": _cf_versions(contextforge),
+    }
     sides: dict[str, Side] = {}
     pids: dict[str, int] = {}
 
@@ -83,6 +91,16 @@ def start_peers(
     pid, side = _contextforge(procs, contextforge, cf_port, upstream_url, call)
     pids["contextforge"], sides["contextforge"] = pid, side
     return sides, pids, found
+
+
+def refused_without_token(url: str, body: bytes, headers: dict[str, str]) -> int:
+    """The status of the same call without its token: it must be 401 before a gateway's
+    numbers mean anything."""
+    bare = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    status = httpx2.post(url, content=body, headers=bare, timeout=30).status_code
+    if status != 401:
+        raise RuntimeError(f"{url} answers a call without a token with {status}")
+    return status
 
 
 def _cf_versions(python: Path) -> dict[str, str]:
