@@ -19,7 +19,12 @@ bench/results/gateway.json.
 tools each (500 pinned definitions, all listed and served), against the same process
 with no upstream. Writes bench/results/gateway_memory.json.
 
-    .venv/bin/python bench/gateway.py [--calls 2000] [--rounds 3] [--memory]
+`--peers`: two more sides in the same rounds, FastMCP's `create_proxy` with its
+`JWTVerifier` and IBM ContextForge, in front of the same upstream (bench/gateway_peers.py,
+each in its own virtualenv under bench/.peers/); calls/s and added p50 are compared.
+Ports come from `--port-base` (19850) up.
+
+    .venv/bin/python bench/gateway.py [--calls 2000] [--rounds 3] [--memory] [--peers]
 """
 
 from __future__ import annotations
