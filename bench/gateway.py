@@ -19,7 +19,12 @@ bench/results/gateway.json.
 tools each (500 pinned definitions, all listed and served), against the same process
 with no upstream. Writes bench/results/gateway_memory.json.
 
-    .venv/bin/python bench/gateway.py [--calls 2000] [--rounds 3] [--memory]
+`--peers`: two more sides in the same rounds, FastMCP's `create_proxy` with its
+`JWTVerifier` and IBM ContextForge, in front of the same upstream (bench/gateway_peers.py,
+each in its own virtualenv under bench/.peers/); calls/s and added p50 are compared.
+Ports come from `--port-base` (19850) up.
+
+    .venv/bin/python bench/gateway.py [--calls 2000] [--rounds 3] [--memory] [--peers]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +47,6 @@ from harness import (
     Issuer,
     Processes,
     cpu_seconds,
-    free_port,
     mcp_headers,
     median,
     pin_self,
@@ -94,13 +99,13 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def memory() -> None:
+def memory(port: Callable[[], int]) -> None:
     """RSS of tools serving 10 upstreams x 50 tools, and of tools with none."""
     issuer = Issuer()
     out: dict[str, Any] = {}
     with Processes("bench-gateway-memory-") as procs:
         _, redis_url = procs.redis()
-        up_port = free_port()
+        up_port = port()
         upstream = [PYTHON, str(ROOT / "bench" / "gateway_upstream.py"), str(up_port)]
         procs.start([*upstream, "--tools", "49"])
         wait_port(up_port)
@@ -112,14 +117,14 @@ def memory() -> None:
         policy = procs.workdir / "policy.yaml"
         policy.write_text("mcpServers:\n" + lines)
         for label, with_policy in (("no upstream", False), ("10 upstreams, 500 tools", True)):
-            port = free_port()
-            public = f"http://127.0.0.1:{port}"
-            env = tools_env(port=port, public_url=public, redis_url=redis_url,
+            tools_port = port()
+            public = f"http://127.0.0.1:{tools_port}"
+            env = tools_env(port=tools_port, public_url=public, redis_url=redis_url,
                             issuer=issuer, workdir=procs.workdir)  # fmt: skip
             if with_policy:
                 env["TOOLS_POLICY_FILE"] = str(policy)
             tools = procs.start(tools_argv(), env=env)
-            wait_port(port)
+            wait_port(tools_port)
             token = issuer.token(f"{public}/mcp")
             listing = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
             with httpx2.Client(timeout=30) as http:
@@ -149,15 +154,19 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--peers", action="store_true", help="FastMCP's proxy and ContextForge too")
+    parser.add_argument("--port-base", type=int, default=19850, help="ports from here up")
     args = parser.parse_args()
+    ports = iter(range(args.port_base, args.port_base + 50))
     if args.memory:
-        memory()
+        memory(lambda: next(ports))
         return
     pin_self(LOAD_CPU)
     issuer = Issuer()
+    found: dict[str, Any] = {}
     with Processes("bench-gateway-") as procs:
         _, redis_url = procs.redis()
-        up_port, tools_port = free_port(), free_port()
+        up_port, tools_port = next(ports), next(ports)
         procs.start(
             pinned([PYTHON, str(ROOT / "bench" / "gateway_upstream.py"), str(up_port)], SERVER_CPU)
         )
@@ -186,40 +195,92 @@ def main() -> None:
             "gateway": (f"{public}/mcp", call("up_echo"), mcp_headers(token)),
             "builtin": (f"{public}/mcp", WEATHER_CALL.encode(), mcp_headers(token)),
         }
-        rounds: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
-        with httpx2.Client(timeout=30) as http:
-            for url, body, headers in sides.values():
-                measure(http, url, body, headers, 200)  # warm-up: caches, JIT-free paths
-            for _ in range(args.rounds):
-                for side, (url, body, headers) in sides.items():
-                    before = cpu_seconds(tools.pid)
-                    latencies = measure(http, url, body, headers, args.calls)
-                    cpu_ms = (cpu_seconds(tools.pid) - before) * 1000 / args.calls
-                    rounds[side].append(
-                        {
-                            "p50": statistics.median(latencies),
-                            "p99": pct(latencies, 99),
-                            "tools_cpu_ms": cpu_ms,
-                        }
-                    )
+        pids = {"gateway": tools.pid, "builtin": tools.pid}
+        if args.peers:
+            from gateway_peers import ENFORCES, refused_without_token, start_peers
+
+            peer_sides, peer_pids, found = start_peers(
+                procs, issuer, upstream_url, lambda: next(ports), call
+            )
+            sides |= peer_sides
+            pids |= peer_pids
+            for name in ("gateway", *peer_sides):
+                refused_without_token(*sides[name])
+            for name in ("bastion", *peer_sides):
+                print(f"{name}: {found.get(name, '')}\n  enforces: {ENFORCES[name]}")
+            print("each gateway refuses the call without a token (401)")
+        rounds = run_rounds(sides, pids, args.calls, args.rounds)
     issuer.close()
+    report(rounds, args.calls, found)
+
+
+def run_rounds(
+    sides: dict[str, tuple[str, bytes, dict[str, str]]],
+    pids: dict[str, int],
+    calls: int,
+    count: int,
+) -> dict[str, list[dict[str, float]]]:
+    """`count` rounds of `calls` calls on each side in turn: p50, p99, calls/s at one
+    connection, and the CPU per call of the process that serves the side."""
+    rounds: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+    with httpx2.Client(timeout=30) as http:
+        for url, body, headers in sides.values():
+            measure(http, url, body, headers, 200)  # warm-up: caches, pools, first listings
+        for _ in range(count):
+            for side, (url, body, headers) in sides.items():
+                pid = pids.get(side)
+                before = cpu_seconds(pid) if pid else 0.0
+                latencies = measure(http, url, body, headers, calls)
+                cpu_ms = (cpu_seconds(pid) - before) * 1000 / calls if pid else 0.0
+                rounds[side].append(
+                    {
+                        "p50": statistics.median(latencies),
+                        "p99": pct(latencies, 99),
+                        "calls_per_s": 1000 * len(latencies) / sum(latencies),
+                        "server_cpu_ms": cpu_ms,
+                    }
+                )
+    return rounds
+
+
+def report(rounds: dict[str, list[dict[str, float]]], calls: int, found: dict[str, Any]) -> None:
+    keys = ("p50", "p99", "calls_per_s", "server_cpu_ms")
     summary: dict[str, Any] = {
-        side: {key: median(r[key] for r in runs) for key in ("p50", "p99", "tools_cpu_ms")}
+        side: {key: median(r[key] for r in runs) for key in keys} | {
+            "p50_spread": [min(r["p50"] for r in runs), max(r["p50"] for r in runs)]
+        }
         for side, runs in rounds.items()
-    }
-    summary["added_p50_ms"] = summary["gateway"]["p50"] - summary["direct"]["p50"]
+    }  # fmt: skip
+    for side, runs in rounds.items():
+        if side not in ("direct", "builtin"):
+            # Paired: this side's p50 less the direct p50 of the same round, so that
+            # the VM's drift between rounds falls on both.
+            added = [r["p50"] - d["p50"] for r, d in zip(runs, rounds["direct"], strict=True)]
+            summary[side]["added_p50_ms"] = median(added)
+            summary[side]["added_p50_spread"] = [min(added), max(added)]
     summary["cpu_ratio_gateway_vs_builtin"] = (
-        summary["gateway"]["tools_cpu_ms"] / summary["builtin"]["tools_cpu_ms"]
+        summary["gateway"]["server_cpu_ms"] / summary["builtin"]["server_cpu_ms"]
     )
-    result = {"calls_per_round": args.calls, "rounds": rounds, "summary": summary}
+    result = {"calls_per_round": calls, "rounds": rounds, "summary": summary, "versions": found}
     path = write_result("gateway", result)
-    for side in sides:
+    for side in rounds:
         s = summary[side]
-        line = f"{side:8} p50 {s['p50']:.3f} ms  p99 {s['p99']:.3f} ms"
-        print(f"{line}  tools CPU/call {s['tools_cpu_ms']:.3f} ms")
+        low, high = s["p50_spread"]
+        added = f"  added p50 {s['added_p50_ms']:.3f} ms" if "added_p50_ms" in s else ""
+        print(
+            f"{side:14} p50 {s['p50']:.3f} ms ({low:.3f}-{high:.3f})  p99 {s['p99']:.3f} ms"
+            f"  {s['calls_per_s']:.0f} calls/s  server CPU/call {s['server_cpu_ms']:.3f} ms{added}"
+        )
+    gw = summary["gateway"]
+    for peer in (side for side in rounds if side not in ("direct", "gateway", "builtin")):
+        p = summary[peer]
+        print(
+            f"vs {peer}: calls/s {gw['calls_per_s'] / p['calls_per_s']:.2f}x, added p50"
+            f" {gw['added_p50_ms'] / p['added_p50_ms']:.2f} of its"
+        )
     print(
-        f"added p50 {summary['added_p50_ms']:.3f} ms; tools CPU per forwarded call "
-        f"{summary['cpu_ratio_gateway_vs_builtin']:.2f}x a built-in call; {path}"
+        f"tools CPU per forwarded call {summary['cpu_ratio_gateway_vs_builtin']:.2f}x a built-in"
+        f" call; {path}"
     )
 
 

@@ -18,7 +18,11 @@ responses, under uvicorn with uvloop and the settings the tools service uses, an
 freeze what start-up made for the garbage collector as it does (so the comparison is of
 the security layers, not of that).
 
+- `fastmcp-proxy` (for bench/gateway.py): FastMCP's `create_proxy` of an upstream MCP
+  server behind its `JWTVerifier`; its third argument is the upstream's URL.
+
     python bench/peer_servers.py sdk|sdk-every-call|fastmcp PORT REDIS_URL JWKS_URL ISSUER AUDIENCE
+    python bench/peer_servers.py fastmcp-proxy PORT UPSTREAM_URL JWKS_URL ISSUER AUDIENCE
 """
 
 from __future__ import annotations
@@ -151,6 +155,19 @@ def fastmcp_app(port: int, redis_url: str, jwks_url: str, issuer: str, audience:
     return mcp.http_app(path="/mcp", json_response=True, stateless_http=True)
 
 
+def fastmcp_proxy_app(port: int, upstream: str, jwks_url: str, issuer: str, audience: str) -> Any:
+    """FastMCP's `create_proxy` of `upstream` behind its `JWTVerifier` (bench/gateway.py)."""
+    from fastmcp.server import create_proxy
+    from fastmcp.server.auth.providers.jwt import JWTVerifier
+
+    verifier = JWTVerifier(
+        jwks_uri=jwks_url, issuer=issuer, audience=audience, algorithm="ES256",
+        required_scopes=[SCOPE], base_url=f"http://localhost:{port}",
+    )  # fmt: skip
+    proxy = create_proxy(upstream, name="fastmcp-proxy", auth=verifier)
+    return proxy.http_app(path="/mcp", json_response=True, stateless_http=True)
+
+
 def serve(app: Any, port: int) -> None:
     import uvicorn
 
@@ -171,6 +188,8 @@ def serve(app: Any, port: int) -> None:
 
 
 def build(peer: str, port: int, redis_url: str, jwks_url: str, issuer: str, audience: str) -> Any:
+    if peer == "fastmcp-proxy":  # the REDIS_URL argument is the upstream's URL
+        return fastmcp_proxy_app(port, redis_url, jwks_url, issuer, audience)
     if peer == "fastmcp":
         return fastmcp_app(port, redis_url, jwks_url, issuer, audience)
     if peer in ("sdk", "sdk-every-call"):

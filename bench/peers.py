@@ -100,6 +100,8 @@ def requirements(peer: str) -> tuple[list[str], bool]:
     common = [f"{name}=={version(name)}" for name in _PINNED]
     if peer == "sdk":
         return [f"mcp=={version('mcp')}", f"pyjwt[crypto]=={version('pyjwt')}", *common], False
+    if peer == "contextforge":  # bench/gateway_peers.py: its own pins, nothing of ours
+        return ["mcp-contextforge-gateway"], True
     return ["fastmcp", *common], True
 
 
