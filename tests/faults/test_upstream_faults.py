@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 import anyio
 import pytest
@@ -42,30 +45,32 @@ def _of(calls: list[Call], tool: str) -> list[Call]:
     return [c for c in calls if c.tool == tool]
 
 
-async def test_a_hanging_upstream_is_cut_off_by_its_timeout_and_breaker(
-    stack: Stack, audit: AuditApi
-) -> None:
+Step = Callable[[], object]
+
+
+async def _under_load(
+    stack: Stack, audit: AuditApi, mix: tuple[tuple[str, dict[str, Any]], ...], watched: str,
+    stop: Step, start: Step,
+) -> tuple[Load, dict[str, float], datetime]:  # fmt: skip
+    """Load for 3 s, `stop` for HANG seconds, `start`, load until `watched` answers again
+    (at most 30 s) plus 3 s; the load and the times (monotonic) of each step."""
     since = now()
     load = await Load.start(stack, scope="weather:read time:read ev:read")
-    load.mix = MIX
+    load.mix = mix
     await audit.renew()
     done = anyio.Event()
     times: dict[str, float] = {}
 
     async def fault() -> None:
         await anyio.sleep(3)
-        await anyio.to_thread.run_sync(lambda: stack.run("pause", "time"))
-        times["paused"] = time.monotonic()
+        await anyio.to_thread.run_sync(stop)
+        times["stopped"] = time.monotonic()
         await anyio.sleep(HANG)
-        times["unpausing"] = time.monotonic()
-        try:
-            await anyio.to_thread.run_sync(lambda: stack.run("unpause", "time"))
-        finally:
-            times["unpaused"] = time.monotonic()
+        times["starting"] = time.monotonic()
+        await anyio.to_thread.run_sync(start)
+        times["started"] = time.monotonic()
         with anyio.move_on_after(30):
-            while not any(
-                c.ran and c.sent > times["unpaused"] for c in _of(load.calls, MIX[1][0])
-            ):
+            while not any(c.ran and c.sent > times["started"] for c in _of(load.calls, watched)):
                 await anyio.sleep(0.1)
         await anyio.sleep(3)
         done.set()
@@ -75,16 +80,28 @@ async def test_a_hanging_upstream_is_cut_off_by_its_timeout_and_breaker(
             tasks.start_soon(load.run, done)
             tasks.start_soon(fault)
     finally:
-        if "unpausing" not in times and "paused" in times:
-            stack.run("unpause", "time")  # never leave the upstream frozen for the next case
+        if "stopped" in times and "starting" not in times:
+            start()  # never leave the upstream down for the next case
+    return load, times, since
 
-    during = load.between(times["paused"], times["unpausing"])
+
+def _recovery(load: Load, watched: str, started: float) -> float | None:
+    back = [c.done for c in _of(load.calls, watched) if c.ran and c.sent > started]
+    return round(min(back) - started, 2) if back else None
+
+
+async def test_a_hanging_upstream_is_cut_off_by_its_timeout_and_breaker(
+    stack: Stack, audit: AuditApi
+) -> None:
+    load, times, since = await _under_load(
+        stack, audit, MIX, "time_get_current_time",
+        lambda: stack.run("pause", "time"), lambda: stack.run("unpause", "time"),
+    )  # fmt: skip
+    during = load.between(times["stopped"], times["starting"])
     hung = _of(during, "time_get_current_time")
     slowest = max((c.done - c.sent for c in hung), default=0.0)
     fast_refusals = [c for c in hung if c.done - c.sent < 0.5]
-    back = [c for c in _of(load.calls, "time_get_current_time")
-            if c.ran and c.sent > times["unpaused"]]  # fmt: skip
-    recovery = min(c.done for c in back) - times["unpaused"] if back else None
+    recovery = _recovery(load, "time_get_current_time", times["started"])
     counts, expected = await events_per_request(audit, load, since)
     figures = summary(counts, load, expected)
     figures.update(
@@ -96,7 +113,7 @@ async def test_a_hanging_upstream_is_cut_off_by_its_timeout_and_breaker(
         builtin_ran_during_hang=sum(c.ran for c in _of(during, "get_weather")),
         everything_during_hang=load.statuses(_of(during, "ev_echo")),
         everything_ran_during_hang=sum(c.ran for c in _of(during, "ev_echo")),
-        recovery_s=round(recovery, 2) if recovery is not None else None,
+        recovery_s=recovery,
     )
     _report("upstream hangs 10 s (docker pause time)", figures)
     assert hung, figures
@@ -106,6 +123,53 @@ async def test_a_hanging_upstream_is_cut_off_by_its_timeout_and_breaker(
     assert slowest <= TIMEOUT + SLACK, figures
     assert fast_refusals, figures  # the breaker opened: refused without waiting
     for tool in ("get_weather", "ev_echo"):
+        others = _of(during, tool)
+        assert others and all(c.ran for c in others), figures
+    assert recovery is not None and recovery <= 10, figures
+    assert figures["lost"] == 0 and figures["doubled"] == 0, figures
+    assert figures["events_stored"] == expected, figures
+
+
+async def test_an_upstream_killed_mid_stream_fails_its_open_calls_and_nothing_else(
+    stack: Stack, audit: AuditApi
+) -> None:
+    """`everything` SIGKILLed while its long-running operation streams progress (SSE)."""
+    long_op = "ev_trigger-long-running-operation"
+    mix = (
+        ("get_weather", {"city": "Paris"}),
+        ("time_get_current_time", {"timezone": "UTC"}),
+        (long_op, {"duration": 2, "steps": 4}),
+    )
+    load, times, since = await _under_load(
+        stack, audit, mix, long_op,
+        lambda: stack.run("kill", "--signal", "KILL", "everything"),
+        lambda: stack.run("up", "--detach", "--wait", "everything"),
+    )  # fmt: skip
+    # The calls that were streaming when the kill landed.
+    cut = [c for c in _of(load.calls, long_op)
+           if c.sent < times["stopped"] - 0.2 < c.done]  # fmt: skip
+    during = load.between(times["stopped"], times["starting"])
+    down = _of(during, long_op)
+    recovery = _recovery(load, long_op, times["started"])
+    counts, expected = await events_per_request(audit, load, since)
+    figures = summary(counts, load, expected)
+    figures.update(
+        streams_cut=len(cut),
+        cut_errors=sorted({c.error.split(":")[0] for c in cut}),
+        cut_answered_within_s=round(max((c.done - times["stopped"] for c in cut), default=0), 2),
+        everything_calls_while_down=len(down),
+        builtin_while_down=load.statuses(_of(during, "get_weather")),
+        time_while_down=load.statuses(_of(during, "time_get_current_time")),
+        recovery_s=recovery,
+    )
+    _report("upstream SIGKILLed mid-stream (everything)", figures)
+    assert cut, figures
+    assert all(not c.ran and c.error.startswith("-32010 upstream everything") for c in cut), [
+        c.error for c in cut
+    ]
+    assert figures["cut_answered_within_s"] <= TIMEOUT + SLACK, figures
+    assert all(not c.ran and c.error.startswith("-32010 upstream everything") for c in down)
+    for tool in ("get_weather", "time_get_current_time"):
         others = _of(during, tool)
         assert others and all(c.ran for c in others), figures
     assert recovery is not None and recovery <= 10, figures
