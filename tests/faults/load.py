@@ -37,6 +37,8 @@ class Call:
     done: float
     status: int
     ran: bool  # 200 with a result that is not an error: the tool ran and answered
+    tool: str = "get_weather"
+    error: str = ""  # the JSON-RPC error's code and message, when there was one
 
 
 @dataclass
@@ -44,29 +46,35 @@ class Load:
     stack: Stack
     principals: list[tuple[str, str]]  # (username, access token for tools)
     pause: float = 0.02
+    # What each principal's workers call, one tool (and its arguments) per worker.
+    mix: tuple[tuple[str, dict[str, Any]], ...] = (("get_weather", {"city": "Paris"}),) * 2
     calls: list[Call] = field(default_factory=list)
     _running: bool = True
 
     @classmethod
-    async def start(cls, stack: Stack, users: int = 3) -> Load:
+    async def start(cls, stack: Stack, users: int = 3, scope: str = "weather:read") -> Load:
         principals = []
         for _ in range(users):
             username, password = await create_user(stack, "premium")
             client = await OAuthClient.register(stack.urls["auth"], "fault-load")
             body = await client.token(
-                username, password, resource=f"{stack.urls['tools']}/mcp", scope="weather:read"
+                username, password, resource=f"{stack.urls['tools']}/mcp", scope=scope
             )
             principals.append((username, str(body["access_token"])))
         return cls(stack, principals)
 
-    async def run(self, seconds_or_until: anyio.Event, workers_per_principal: int = 2) -> None:
-        """Call until `seconds_or_until` is set, two workers per principal."""
+    async def run(self, seconds_or_until: anyio.Event) -> None:
+        """Call until `seconds_or_until` is set, one worker per principal and tool of `mix`."""
         async with anyio.create_task_group() as tasks:
             for username, token in self.principals:
-                for _ in range(workers_per_principal):
-                    tasks.start_soon(self._worker, username, token, seconds_or_until)
+                for tool, arguments in self.mix:
+                    tasks.start_soon(
+                        self._worker, username, token, tool, arguments, seconds_or_until
+                    )
 
-    async def _worker(self, username: str, token: str, stop: anyio.Event) -> None:
+    async def _worker(
+        self, username: str, token: str, tool: str, arguments: dict[str, Any], stop: anyio.Event
+    ) -> None:
         mcp = McpHttp(f"{self.stack.urls['tools']}/mcp", token)
         async with httpx2.AsyncClient(timeout=10) as http:
             while not stop.is_set():
@@ -79,14 +87,19 @@ class Load:
                 rid = secrets.token_hex(16)
                 mcp.headers["X-Request-ID"] = rid
                 sent = time.monotonic()
+                error = ""
                 try:
-                    reply = await mcp.call_tool(http, "get_weather", {"city": "Paris"})
+                    reply = await mcp.call_tool(http, tool, arguments)
                     status = reply.status
                     ran = status == 200 and reply.body is not None and "result" in reply.body \
                         and not reply.body["result"].get("isError")  # fmt: skip
+                    if reply.error:
+                        error = f"{reply.error.get('code')} {reply.error.get('message')}"
                 except httpx2.HTTPError:
                     status, ran = 0, False  # no answer at all
-                self.calls.append(Call(rid, username, sent, time.monotonic(), status, ran))
+                self.calls.append(
+                    Call(rid, username, sent, time.monotonic(), status, ran, tool, error)
+                )
                 if status == 404:  # the session is gone (tools restarted): open another
                     mcp.session_id = None
                 await anyio.sleep(self.pause)
