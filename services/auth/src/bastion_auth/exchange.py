@@ -32,7 +32,7 @@ from bastion_auth.clients import SERVICE_CLIENT, Client
 from bastion_auth.deps import AuthContext
 from bastion_auth.errors import OAuthError
 from bastion_auth.settings import Settings
-from bastion_auth.tokens import TokenService
+from bastion_auth.tokens import TokenService, token_response
 from bastion_common.permissions import parse_scope
 
 __all__ = ["ACCESS_TOKEN_TYPE", "TOKEN_EXCHANGE", "Exchange", "check_exchange", "exchange_token"]
@@ -143,10 +143,4 @@ async def exchange_token(
         act=exchange.act,
         subject_jti=exchange.subject_jti,
     )
-    return {
-        "access_token": access,
-        "issued_token_type": ACCESS_TOKEN_TYPE,
-        "token_type": "Bearer",
-        "expires_in": claims["exp"] - claims["nbf"],
-        "scope": claims["scope"],
-    }
+    return token_response(access, claims, issued_token_type=ACCESS_TOKEN_TYPE)

@@ -23,6 +23,7 @@ from bastion_auth.exchange import TOKEN_EXCHANGE, exchange_token
 from bastion_auth.idjag import JWT_BEARER
 from bastion_auth.linking import FederationError
 from bastion_auth.resources import check_resource, grant_scopes
+from bastion_auth.tokens import token_response
 from bastion_common.permissions import parse_scope
 
 __all__ = ["read_form", "router"]
@@ -161,12 +162,7 @@ async def _authorization_code(
             roles=user.roles,
             family=grant["family"],
         )
-        body = {
-            "access_token": access,
-            "token_type": "Bearer",
-            "expires_in": claims["exp"] - claims["nbf"],
-            "scope": claims["scope"],
-        }
+        body = token_response(access, claims)
     ctx.event("oauth.code_redeemed", principal=user.username, client_id=client.client_id, ip=ip)
     ctx.event(
         "token.issued",
@@ -286,12 +282,7 @@ async def _client_credentials(
         aud=resource,
         scope=claims["scope"],
     )
-    return {
-        "access_token": access,
-        "token_type": "Bearer",
-        "expires_in": claims["exp"] - claims["nbf"],
-        "scope": claims["scope"],
-    }
+    return token_response(access, claims)
 
 
 async def _jwt_bearer(
@@ -319,9 +310,4 @@ async def _jwt_bearer(
         idp=result.issuer,
         roles=user.roles,
     )
-    return {
-        "access_token": access,
-        "token_type": "Bearer",
-        "expires_in": claims["exp"] - claims["nbf"],
-        "scope": claims["scope"],
-    }
+    return token_response(access, claims)

@@ -48,7 +48,7 @@ from bastion_common.subjects import (
 )
 from bastion_common.tokens import denylist_key
 
-__all__ = ["RefreshOutcome", "TokenService"]
+__all__ = ["RefreshOutcome", "TokenService", "token_response"]
 
 _REDEEM_CODE = """
 local v = redis.call('GET', KEYS[1])
@@ -102,6 +102,17 @@ def _b(value: bytes | str) -> bytes:
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def token_response(access: str, claims: Mapping[str, Any], **extra: str) -> dict[str, Any]:
+    """The RFC 6749 §5.1 answer for an access token, with what the grant adds (`extra`)."""
+    return {
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": claims["exp"] - claims["nbf"],
+        "scope": claims["scope"],
+        **extra,
+    }
 
 
 class TokenService:
@@ -233,13 +244,7 @@ class TokenService:
             pipe.sadd(USER_FAMILIES.format(sub=sub), family)
             pipe.expire(USER_FAMILIES.format(sub=sub), self._settings.refresh_token_ttl)
             await pipe.execute()
-        return {
-            "access_token": access,
-            "token_type": "Bearer",
-            "expires_in": claims["exp"] - claims["nbf"],
-            "scope": claims["scope"],
-            "refresh_token": refresh,
-        }
+        return token_response(access, claims, refresh_token=refresh)
 
     async def rotate_refresh(self, refresh: str, family: str) -> RefreshOutcome:
         """One atomic step: a revoked family answers "none"; an active token is marked
