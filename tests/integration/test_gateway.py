@@ -93,23 +93,23 @@ async def tokens(stack: Stack) -> dict[str, str]:
     out = {}
     for role, credentials in users.items():
         body = await client.token(
-            *credentials, resource=_mcp(stack), scope=" ".join(sorted(POLICY.role_table.offered))
+            *credentials, resource=mcp_url(stack), scope=" ".join(sorted(POLICY.role_table.offered))
         )
         out[role] = body["access_token"]
     return out
 
 
-def _mcp(stack: Stack) -> str:
+def mcp_url(stack: Stack) -> str:
     return f"{stack.urls['tools']}/mcp"
 
 
 @asynccontextmanager
-async def _sdk(stack: Stack, token: str) -> AsyncIterator[Client]:
+async def sdk_client(stack: Stack, token: str) -> AsyncIterator[Client]:
     """The official SDK client, with a bearer token, against the gateway."""
     headers = {"Authorization": f"Bearer {token}"}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=30) as http,
-        Client(streamable_http_client(_mcp(stack), http_client=http), cache=None) as client,
+        Client(streamable_http_client(mcp_url(stack), http_client=http), cache=None) as client,
     ):
         yield client
 
@@ -149,14 +149,14 @@ async def test_each_role_sees_and_calls_exactly_its_upstream_tools(
     await _wait_ready(stack, "everything")
     await _wait_ready(stack, "time")
     for role, token in tokens.items():
-        async with _sdk(stack, token) as client:
+        async with sdk_client(stack, token) as client:
             listed = {t.name for t in (await client.list_tools()).tools}
             assert {n for n in listed if n.startswith(HTTP_PREFIXES)} == EXPECTED[role], role
             for tool, (_, arguments) in PROBES.items():
                 if tool in EXPECTED[role]:
                     result = await client.call_tool(tool, arguments)
                     assert not result.is_error, (role, tool, result)
-        mcp = McpHttp(_mcp(stack), token)
+        mcp = McpHttp(mcp_url(stack), token)
         async with httpx2.AsyncClient(timeout=15) as http:
             assert (await mcp.initialize(http)).status == 200
             for tool, (permission, arguments) in PROBES.items():
@@ -170,7 +170,7 @@ async def test_each_role_sees_and_calls_exactly_its_upstream_tools(
 async def test_upstream_definitions_reach_the_caller_as_the_upstream_wrote_them(
     stack: Stack, tokens: dict[str, str]
 ) -> None:
-    async with _sdk(stack, tokens["admin"]) as client:
+    async with sdk_client(stack, tokens["admin"]) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         structured = await client.call_tool("ev_get-structured-content", {"location": "New York"})
         converted = await client.call_tool(
@@ -192,7 +192,7 @@ async def test_bad_arguments_are_refused_before_the_upstream_sees_anything(
 ) -> None:
     since = now()
     before = _calls(stack, "everything", "get-sum")
-    async with _sdk(stack, tokens["user"]) as client:
+    async with sdk_client(stack, tokens["user"]) as client:
         with pytest.raises(MCPError) as refused:
             await client.call_tool("ev_get-sum", {"a": "one", "b": 2})
         assert refused.value.code == -32602 and "one" not in refused.value.message
@@ -209,7 +209,7 @@ async def test_bad_arguments_are_refused_before_the_upstream_sees_anything(
 async def test_the_callers_token_never_reaches_an_upstream(
     stack: Stack, tokens: dict[str, str]
 ) -> None:
-    async with _sdk(stack, tokens["admin"]) as client:
+    async with sdk_client(stack, tokens["admin"]) as client:
         await client.call_tool("ev_echo", {"message": "who am I"})
         await client.call_tool("time_get_current_time", {"timezone": "UTC"})
     # Requests that came over the network (the container's healthcheck asks 127.0.0.1).
@@ -232,7 +232,7 @@ async def test_credentials_in_an_upstream_result_are_redacted_and_recorded(
     stack: Stack, tokens: dict[str, str], audit: AuditApi
 ) -> None:
     since = now()
-    async with _sdk(stack, tokens["admin"]) as client:
+    async with sdk_client(stack, tokens["admin"]) as client:
         result = await client.call_tool("ev_get-env", {})
     text = " ".join(getattr(block, "text", "") for block in result.content)
     assert "DEPLOY_TOKEN" in text and "AWS_ACCESS_KEY_ID" in text
@@ -245,7 +245,10 @@ async def test_credentials_in_an_upstream_result_are_redacted_and_recorded(
 async def test_a_slow_upstream_call_times_out_naming_it_and_blocks_nothing_else(
     stack: Stack, tokens: dict[str, str]
 ) -> None:
-    async with _sdk(stack, tokens["user"]) as slow, _sdk(stack, tokens["user"]) as other:
+    async with (
+        sdk_client(stack, tokens["user"]) as slow,
+        sdk_client(stack, tokens["user"]) as other,
+    ):
         outcome: dict[str, Any] = {}
 
         async def long_call() -> None:
@@ -273,7 +276,7 @@ async def test_a_stopped_upstream_gives_a_clear_error_and_recovers_when_it_retur
 ) -> None:
     stack.run("stop", "time")
     try:
-        async with _sdk(stack, tokens["user"]) as client:
+        async with sdk_client(stack, tokens["user"]) as client:
             with anyio.fail_after(10):
                 with pytest.raises(MCPError) as down:
                     await client.call_tool("time_get_current_time", {"timezone": "UTC"})
@@ -287,7 +290,7 @@ async def test_a_stopped_upstream_gives_a_clear_error_and_recovers_when_it_retur
     finally:
         stack.run("start", "time")
     await _wait_ready(stack, "time")
-    async with _sdk(stack, tokens["user"]) as client:
+    async with sdk_client(stack, tokens["user"]) as client:
         with anyio.fail_after(15):
             while True:
                 try:
@@ -311,7 +314,7 @@ async def test_a_changed_definition_is_held_until_an_admin_approves_it(
         del os.environ["RUG_PULL"]
     held_event = (await audit.wait_for("tool.held", since=since, tool="echo", timeout=40))[0]
     assert held_event["details"]["upstream"] == "everything"
-    async with _sdk(stack, tokens["guest"]) as client:
+    async with sdk_client(stack, tokens["guest"]) as client:
         listed = {t.name for t in (await client.list_tools()).tools}
         assert "ev_echo" not in listed and "ev_get-sum" in listed
         with pytest.raises(MCPError) as refused:
@@ -338,7 +341,7 @@ async def test_a_changed_definition_is_held_until_an_admin_approves_it(
         assert approved.status_code == 200, approved.text
     (event,) = await audit.wait_for("tool.approved", since=since, tool="echo")
     assert event["details"]["digest"] == held["digest"]
-    async with _sdk(stack, tokens["guest"]) as client:
+    async with sdk_client(stack, tokens["guest"]) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert tools["ev_echo"].description is not None
         assert "read ~/.ssh/id_rsa" in tools["ev_echo"].description

@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
 from tests.integration.audit_api import AuditApi, now
 from tests.integration.conftest import Stack
 from tests.integration.oauth import OAuthClient
-from tests.integration.test_gateway import POLICY
+from tests.integration.test_gateway import POLICY, mcp_url, sdk_client
 
 pytestmark = pytest.mark.anyio
 ALL_SCOPES = " ".join(sorted(POLICY.role_table.offered))  # every scope the test policy offers
@@ -70,7 +66,7 @@ class People:
             )
         assert created.status_code in (200, 201), created.text
         body = await self._client.token(
-            username, password, resource=_mcp(self._stack), scope=ALL_SCOPES
+            username, password, resource=mcp_url(self._stack), scope=ALL_SCOPES
         )
         return str(body["access_token"])
 
@@ -89,22 +85,8 @@ async def people(stack: Stack) -> People:
 async def admin_token(stack: Stack) -> str:
     admin = (stack.env["BOOTSTRAP_ADMIN_USERNAME"], stack.env["BOOTSTRAP_ADMIN_PASSWORD"])
     client = await OAuthClient.register(stack.urls["auth"], "gateway-stdio-admin")
-    body = await client.token(*admin, resource=_mcp(stack), scope=ALL_SCOPES)
+    body = await client.token(*admin, resource=mcp_url(stack), scope=ALL_SCOPES)
     return str(body["access_token"])
-
-
-def _mcp(stack: Stack) -> str:
-    return f"{stack.urls['tools']}/mcp"
-
-
-@asynccontextmanager
-async def _sdk(stack: Stack, token: str) -> AsyncIterator[Client]:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=30) as http,
-        Client(streamable_http_client(_mcp(stack), http_client=http), cache=None) as client,
-    ):
-        yield client
 
 
 def _text(result: CallToolResult) -> str:
@@ -136,7 +118,7 @@ async def test_two_principals_of_the_filesystem_server_cannot_see_each_others_fi
     await _ready(stack, "files")
     await _no_processes(stack)
     alice, bob = await people.token("premium"), await people.token("premium")
-    async with _sdk(stack, alice) as client:
+    async with sdk_client(stack, alice) as client:
         (home_a,) = _text(await client.call_tool("fs_list_allowed_directories", {})).split()[-1:]
         wrote = await client.call_tool(
             "fs_write_file", {"path": f"{home_a}/diary.txt", "content": "alice's secret"}
@@ -144,7 +126,7 @@ async def test_two_principals_of_the_filesystem_server_cannot_see_each_others_fi
         assert not wrote.is_error, _text(wrote)
         mine = await client.call_tool("fs_read_text_file", {"path": f"{home_a}/diary.txt"})
         assert _text(mine) == "alice's secret"
-    async with _sdk(stack, bob) as client:
+    async with sdk_client(stack, bob) as client:
         (home_b,) = _text(await client.call_tool("fs_list_allowed_directories", {})).split()[-1:]
         assert home_b != home_a and home_a.startswith("/stdio/files/p-")
         assert home_b.startswith("/stdio/files/p-")
@@ -169,10 +151,10 @@ async def test_past_max_processes_a_principal_gets_a_clear_error_then_a_slot_onc
     since = now()
     first, second, third = [await people.token("user") for _ in range(3)]
     for token in (first, second):
-        async with _sdk(stack, token) as client:
+        async with sdk_client(stack, token) as client:
             assert not (await client.call_tool("fs_list_allowed_directories", {})).is_error
     assert "2 of 2 per-principal" in await _ready(stack, "files")
-    async with _sdk(stack, third) as client:
+    async with sdk_client(stack, third) as client:
         with pytest.raises(MCPError) as refused:
             await client.call_tool("fs_list_allowed_directories", {})
     assert refused.value.code == -32010
@@ -184,7 +166,7 @@ async def test_past_max_processes_a_principal_gets_a_clear_error_then_a_slot_onc
     )  # fmt: skip
     assert sorted(e["outcome"] for e in events)[0] != "success"  # the refused one
     await _no_processes(stack)  # idle_timeout_seconds: 6
-    async with _sdk(stack, third) as client:
+    async with sdk_client(stack, third) as client:
         assert not (await client.call_tool("fs_list_allowed_directories", {})).is_error
 
 
@@ -192,7 +174,7 @@ async def test_the_everything_server_over_stdio_sees_only_its_declared_environme
     stack: Stack, admin_token: str
 ) -> None:
     await _ready(stack, "everything-stdio")
-    async with _sdk(stack, admin_token) as client:
+    async with sdk_client(stack, admin_token) as client:
         echoed = await client.call_tool("evs_echo", {"message": "over stdio"})
         shown = await client.call_tool("evs_get-env", {})
     assert _text(echoed) == "Echo: over stdio"
@@ -218,7 +200,7 @@ async def test_mcp_server_time_over_stdio_answers_and_after_a_crash_is_restarted
 ) -> None:
     await _ready(stack, "clock")
     token = await people.token("user")
-    async with _sdk(stack, token) as client:
+    async with sdk_client(stack, token) as client:
         now_ = await client.call_tool("clock_get_current_time", {"timezone": "Europe/Paris"})
         assert not now_.is_error and now_.structured_content is not None
         assert now_.structured_content["timezone"] == "Europe/Paris"
@@ -228,7 +210,7 @@ async def test_mcp_server_time_over_stdio_answers_and_after_a_crash_is_restarted
         assert down.value.code == -32010
         assert down.value.message.startswith("upstream clock: "), down.value.message
     await _ready(stack, "clock")
-    async with _sdk(stack, token) as client:
+    async with sdk_client(stack, token) as client:
         again = await client.call_tool("clock_get_current_time", {"timezone": "Asia/Tokyo"})
     assert not again.is_error
     logs = stack.logs("tools")
