@@ -195,7 +195,7 @@ async def test_the_everything_server_over_stdio_sees_only_its_declared_environme
         assert variable not in env
 
 
-async def test_mcp_server_time_over_stdio_answers_and_after_a_crash_is_restarted(
+async def test_the_time_server_over_stdio_answers_and_after_a_crash_is_restarted(
     stack: Stack, people: People
 ) -> None:
     await _ready(stack, "clock")

@@ -55,7 +55,13 @@ from pydantic import (
 
 from bastion_common.logging import find_credentials, is_sensitive_key
 from bastion_common.permissions import DEFAULT_ROLES, RoleTable
-from bastion_common.policyroles import PERMISSION_PATTERN, ROLE_PATTERN, RolePolicy, role_table
+from bastion_common.policyroles import (
+    PERMISSION_PATTERN,
+    ROLE_PATTERN,
+    Permission,
+    RolePolicy,
+    role_table,
+)
 from bastion_common.secretrefs import ENV_NAME, check_reference, is_reference, resolve
 
 __all__ = [
@@ -109,7 +115,6 @@ class PolicyError(Exception):
 
 
 SecretReference = Annotated[str, AfterValidator(check_reference)]
-Permission = Annotated[str, Field(pattern=PERMISSION_PATTERN, max_length=64)]
 
 
 class _Strict(BaseModel):

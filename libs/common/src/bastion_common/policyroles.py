@@ -28,6 +28,7 @@ from bastion_common.permissions import BUILTIN_PERMISSIONS, DEFAULT_ROLES, RoleT
 __all__ = [
     "DEFAULT_RATE_LIMIT",
     "PERMISSION_PATTERN",
+    "Permission",
     "ROLE_PATTERN",
     "RateLimitPolicy",
     "RolePolicy",

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import ssl
-from typing import Annotated, Any, Literal, Self
+from typing import Literal, Self
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
     Field,
     SecretStr,
-    Tag,
     field_validator,
     model_validator,
 )
 from pydantic_settings import SettingsConfigDict
 
-from bastion_common.policyroles import ROLE_PATTERN
+from bastion_auth.providers import (
+    AssertionClient,
+    AssertionIssuer,
+    GitHubProvider,
+    OidcProvider,
+    Provider,
+    RoleMapping,
+    RoleRule,
+)
+from bastion_common.policyroles import Permission
 from bastion_common.settings import PolicySettings, Secret, check_secret_strength
 
 __all__ = [
@@ -33,108 +37,6 @@ __all__ = [
     "Settings",
 ]
 
-
-# A role of the policy file; that it exists there is checked once the file is read.
-RoleName = Annotated[str, Field(pattern=ROLE_PATTERN)]
-
-
-class RoleRule(BaseModel):
-    """A provider claim value that grants one of our roles, e.g. groups=premium-users."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    claim: str = Field(min_length=1, max_length=64)
-    value: str = Field(min_length=1, max_length=256)
-    role: RoleName
-
-
-class RoleMapping(BaseModel):
-    """Who becomes what, for any source of people (docs/sign-in.md): our roles from the
-    source's claims, and who may come in at all."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
-    name: str = Field(min_length=1, max_length=64, description="shown as 'Sign in with NAME'")
-    username_claim: str = "preferred_username"
-    default_roles: tuple[RoleName, ...] = ("user",)
-    role_rules: list[RoleRule] = Field(default_factory=list)
-    # Who may sign in at all (empty: anyone the provider vouches for).
-    allowed_email_domains: list[str] = Field(default_factory=list)
-    allowed_groups: list[str] = Field(default_factory=list)
-    groups_claim: str = "groups"
-
-
-class _SecretByReference(BaseModel):
-    client_secret_env: str = Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
-
-    @property
-    def secret(self) -> str:
-        value = os.environ.get(self.client_secret_env, "")
-        if not value:
-            raise ValueError(f"{self.client_secret_env} is not set")
-        return value
-
-
-class OidcProvider(RoleMapping, _SecretByReference):
-    """An organisation's OpenID provider people may sign in through (AUTH_OIDC_PROVIDERS).
-
-    The client secret is given by reference: the name of an environment variable that
-    holds it (`client_secret_env`), never inline in the provider list."""
-
-    kind: Literal["oidc"] = "oidc"
-    issuer: str = Field(min_length=8, max_length=512)
-    client_id: str = Field(min_length=1, max_length=256)
-    token_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"  # noqa: S105 - a method name
-    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
-    algorithms: tuple[str, ...] = ("RS256", "ES256")
-    userinfo: bool = Field(default=False, description="also read the userinfo endpoint")
-
-
-class GitHubProvider(RoleMapping, _SecretByReference):
-    """GitHub (an OAuth App or GitHub App), a plain OAuth 2.0 provider: identity from its
-    REST API. `groups` holds the person's organisations (`acme`) and teams (`acme/admins`).
-    The URLs are GitHub's; GitHub Enterprise Server (or a test stand-in) sets its own."""
-
-    kind: Literal["github"]
-    client_id: str = Field(min_length=1, max_length=256)
-    scopes: list[str] = Field(default_factory=lambda: ["read:user", "user:email", "read:org"])
-    authorize_url: str = "https://github.com/login/oauth/authorize"
-    token_url: str = "https://github.com/login/oauth/access_token"  # noqa: S105 - a URL
-    api_url: str = "https://api.github.com"
-    username_claim: str = "login"
-
-    @property
-    def issuer(self) -> str:
-        """What a GitHub account is linked under (with its numeric id, never its login)."""
-        return self.api_url.rstrip("/")
-
-
-def _provider_kind(value: Any) -> str:
-    kind = value.get("kind", "oidc") if isinstance(value, dict) else getattr(value, "kind", "")
-    return str(kind)
-
-
-Provider = Annotated[
-    Annotated[OidcProvider, Tag("oidc")] | Annotated[GitHubProvider, Tag("github")],
-    Discriminator(_provider_kind),
-]
-
-
-class AssertionIssuer(RoleMapping):
-    """An enterprise IdP whose identity assertion grants (ID-JAG) we accept (AUTH_IDJAG_ISSUERS)."""
-
-    issuer: str = Field(min_length=8, max_length=512)
-    jwks_url: str = Field(min_length=8, max_length=512)
-    algorithms: tuple[str, ...] = ("RS256", "ES256")
-
-
-class AssertionClient(_SecretByReference):
-    """A confidential client that may present ID-JAG assertions (AUTH_IDJAG_CLIENTS)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    client_id: str = Field(min_length=1, max_length=256)
-
-
-_SCOPE = r"^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$"
 
 HS256_REFUSED = (
     "HS256 mode is not supported: keys and audit accept only ES256 tokens from auth's JWKS,"
@@ -206,7 +108,7 @@ class Settings(PolicySettings):
     idjag_max_lifetime: int = Field(default=300, ge=30, le=3600)
     # Token exchange (RFC 8693, exchange.py): upstream MCP servers that trust our tokens,
     # {resource URI: [scopes it offers]}; only the gateway's client may exchange for them.
-    token_exchange_audiences: dict[str, list[Annotated[str, Field(pattern=_SCOPE)]]] = Field(
+    token_exchange_audiences: dict[str, list[Permission]] = Field(
         default_factory=dict,
         description="upstream resources the gateway may exchange callers' tokens for (JSON)",
     )
