@@ -51,27 +51,37 @@ class AclRedis:
 
 
 def _start(
-    tmp: Path, env: dict[str, str], port: int, *, capture: bool = False
+    tmp: Path, env: dict[str, str], port: int, *, capture: bool = False, aof: bool = False
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603 - the repository's own start script
         ["sh", str(START), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp),
-         "--appendonly", "no"],
+         "--appendonly", "yes" if aof else "no"],
         env={"PATH": os.environ["PATH"], "BASTION_ACL_SOURCE": str(redis_acl.ACL_FILE),
              "BASTION_ACL_RENDERED": str(tmp / "users.acl"), **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if capture else subprocess.DEVNULL,
     )  # fmt: skip
 
 
+def _passwords() -> tuple[dict[str, str], dict[str, str]]:
+    passwords = {user: secrets.token_urlsafe(48) for user in USERS}
+    return passwords, {f"REDIS_PASSWORD_{user.upper()}": pw for user, pw in passwords.items()}
+
+
 @pytest.fixture(scope="module")
 def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
     if shutil.which("redis-server") is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    tmp = tmp_path_factory.mktemp("acl")
-    passwords = {user: secrets.token_urlsafe(48) for user in USERS}
-    env = {f"REDIS_PASSWORD_{user.upper()}": pw for user, pw in passwords.items()}
+    passwords, env = _passwords()
     port = free_port()
-    proc = _start(tmp, env, port)
+    proc = _start(tmp_path_factory.mktemp("acl"), env, port)
     server = AclRedis(port, passwords)
+    _wait_ready(server, proc)
+    yield server
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _wait_ready(server: AclRedis, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -82,9 +92,6 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
                 proc.kill()
                 raise RuntimeError("redis-server did not start") from None
             time.sleep(0.05)
-    yield server
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def _refused(client: redis.Redis, *command: object) -> None:
@@ -158,6 +165,39 @@ def test_the_default_user_is_off(acl_redis: AclRedis) -> None:
         client(username="default", password="x").ping()
     with pytest.raises(AuthenticationError):
         client(username="tools", password="guess").ping()
+
+
+def test_transactions_survive_a_restart_from_the_append_only_file(tmp_path: Path) -> None:
+    """Redis 7.0 replays the append-only file as the default user and re-checks the ACL at
+    EXEC (redis/redis#14541). With the default user at -@all, every MULTI/EXEC and every
+    script that wrote more than one key was skipped on restart: pinned tool definitions
+    lost, a disabled person enabled again. Writes of each kind must all come back."""
+    passwords, env = _passwords()
+    port = free_port()
+    server = AclRedis(port, passwords)
+    proc = _start(tmp_path, env, port, aof=True)
+    _wait_ready(server, proc)
+    auth, tools = server.client("auth"), server.client("tools")
+    auth.set("auth:user:plain", "1")
+    with auth.pipeline(transaction=True) as tx:
+        tx.set("auth:user:in-multi", "1").hset(subject_key("alice"), "disabled", "1").execute()
+    tools.eval(
+        "redis.call('SET', KEYS[1], '1'); redis.call('SET', KEYS[2], '1')",
+        2, "gw:pins:time", "gw:seen:time",
+    )  # fmt: skip
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0
+    proc = _start(tmp_path, env, port, aof=True)
+    try:
+        _wait_ready(server, proc)
+        auth, tools = server.client("auth"), server.client("tools")
+        assert auth.get("auth:user:plain") == b"1"
+        assert auth.get("auth:user:in-multi") == b"1"
+        assert auth.hget(subject_key("alice"), "disabled") == b"1"
+        assert tools.get("gw:pins:time") == tools.get("gw:seen:time") == b"1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_redis_does_not_start_when_a_users_password_is_missing(tmp_path: Path) -> None:

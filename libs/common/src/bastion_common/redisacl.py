@@ -119,8 +119,12 @@ def _unique(items: Iterable[str]) -> list[str]:
 HEALTH: Final = AclUser("health", commands=("ping",))
 """The Redis container's own health check: PING and nothing else."""
 
-DEFAULT_USER: Final = "user default off resetkeys resetchannels -@all nopass"
-"""Nobody may connect without a user name (the default user is off)."""
+DEFAULT_USER: Final = "user default off resetpass ~* &* +@all"
+"""Nobody may connect as the default user: it is off and has no password, so no
+connection starts authenticated and AUTH as "default" always fails. It keeps every
+permission because Redis 7.0 replays the append-only file as this user and re-checks
+the ACL at EXEC (redis/redis#14541): with -@all, every MULTI/EXEC a service wrote was
+dropped on restart without a word (tests/deploy/test_redis_acl.py)."""
 
 
 def render(users: Iterable[AclUser]) -> str:
