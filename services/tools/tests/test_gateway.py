@@ -216,6 +216,37 @@ async def test_a_result_that_breaks_the_pinned_output_schema_is_not_passed_on(
     assert event.details["fields"] == ["sum"]
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        (200, "text/html", b"<html><body>Sign in to the corporate proxy</body></html>"),
+        (200, "application/json", b'{"jsonrpc": "2.0", "id": '),
+        (200, "text/event-stream", b"event: message\ndata: {not json}\n\n"),
+        (500, "text/plain", b"Traceback (most recent call last): secret=hunter2"),
+    ],
+    ids=["html", "broken-json", "broken-sse", "http-500"],
+)
+async def test_an_answer_that_is_not_mcp_is_malformed_and_not_passed_on(
+    gw: httpx2.AsyncClient, minter: Minter, upstream: TestUpstream,
+    garbage: tuple[int, str, bytes],
+) -> None:  # fmt: skip
+    """The SDK turns an unreadable answer into a JSON-RPC error of its own: that is the
+    upstream's malformed answer (-32011, counted by the breaker), not a refusal the upstream
+    chose (-32013), and none of its text reaches the caller."""
+    token = minter.token(scope=EVERYTHING)
+    session = await open_session(gw, token)
+    upstream.garbage = garbage
+    reply = await call_tool(gw, token, session, "up_echo", {"message": "x"})
+    error = reply.json()["error"]
+    assert error["code"] == -32011 and error["message"].startswith("upstream up:")
+    assert error["data"]["reason"] == "malformed"
+    for leaked in ("html", "not json", "Traceback", "hunter2", "content type", "parse"):
+        assert leaked not in reply.text
+    upstream.garbage = None  # it recovers: the next call is answered
+    echo = await call_tool(gw, token, session, "up_echo", {"message": "fine"})
+    assert echo.json()["result"]["content"][0]["text"] == "echo: fine"
+
+
 async def test_a_changed_definition_is_held_until_an_admin_approves_exactly_it(
     gw: httpx2.AsyncClient, minter: Minter, upstream: TestUpstream, redis_url: str
 ) -> None:

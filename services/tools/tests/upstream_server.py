@@ -39,6 +39,9 @@ class TestUpstream:
         self.requests: list[dict[str, Any]] = []
         self.tools: dict[str, Tool] = {}
         self.handlers: dict[str, Handler] = {}
+        # When set, every tools/call is answered with this raw HTTP answer (status,
+        # content type, body) instead of MCP: a broken or impostor upstream.
+        self.garbage: tuple[int, str, bytes] | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._default_tools()
@@ -152,6 +155,13 @@ class TestUpstream:
                 body = raw.decode("utf-8", "replace")
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             self.requests.append({"method": scope["method"], "headers": headers, "body": body})
+            if self.garbage is not None and isinstance(body, dict):
+                if body.get("method") == "tools/call":
+                    status, content_type, answer = self.garbage
+                    await send({"type": "http.response.start", "status": status,
+                                "headers": [(b"content-type", content_type.encode())]})  # fmt: skip
+                    await send({"type": "http.response.body", "body": answer})
+                    return
             sent = False
 
             async def replay() -> Message:

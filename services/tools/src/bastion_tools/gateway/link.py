@@ -204,13 +204,14 @@ class UpstreamLink:
                 self.breaker.failed()
                 self._reconnect()
                 raise self._unavailable("the connection failed", "unreachable") from None
+            if _unreadable(exc):
+                self.breaker.failed()
+                raise self._malformed() from None
             self.breaker.succeeded()  # it answered: alive, the call was refused
             raise refused(self.name, exc.code, exc.message) from None
         except (ValidationError, RuntimeError, ValueError):
             self.breaker.failed()
-            raise UpstreamCallError(
-                UPSTREAM_MALFORMED, self.name, "sent a malformed result", "malformed"
-            ) from None
+            raise self._malformed() from None
         except Exception as exc:  # noqa: BLE001 - transport failures of any kind
             self.breaker.failed()
             self._reconnect()
@@ -222,11 +223,30 @@ class UpstreamLink:
     def _unavailable(self, message: str, reason: str) -> UpstreamCallError:
         return UpstreamCallError(UPSTREAM_UNAVAILABLE, self.name, message, reason)
 
+    def _malformed(self) -> UpstreamCallError:
+        return UpstreamCallError(
+            UPSTREAM_MALFORMED, self.name, "sent a malformed result", "malformed"
+        )
+
 
 def _transport_failure(exc: MCPError) -> bool:
     if exc.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
         return True
     return exc.code == INVALID_REQUEST and exc.message == "Session terminated"
+
+
+# The errors the SDK's streamable HTTP client makes up when the answer is not MCP at all
+# (an HTML page, broken JSON or SSE, a 5xx without a JSON-RPC body): the upstream chose
+# none of them, so they are its malformed answer, not a refusal to pass on.
+_UNREADABLE = (
+    "Failed to parse ",
+    "Unexpected content type",
+    "Server returned an error response",
+)
+
+
+def _unreadable(exc: MCPError) -> bool:
+    return exc.message.startswith(_UNREADABLE)
 
 
 def _why(exc: BaseException) -> str:
