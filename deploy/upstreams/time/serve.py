@@ -6,12 +6,15 @@ mcp-server-time speaks only stdio; this serves the very server it builds
 the tools, schemas and answers are the package's. With RECORD_REQUESTS=1 (the test stack
 only: it prints request headers, credentials included) a recorder in front prints each
 request it receives (method, path, headers, JSON-RPC method and tool name) as a JSON
-line, so a test can prove what the gateway sent and what it never sent.
+line, so a test can prove what the gateway sent and what it never sent. While the file
+/tmp/garbage exists (the fault suite creates it) the recorder answers every tools/call with
+an HTML page instead of MCP: an upstream behind a captive proxy, or an impostor.
 """
 
 import json
 import os
 import sys
+from pathlib import Path
 
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
@@ -43,6 +46,16 @@ def recorder(app):
             "name": params.get("name") if isinstance(params, dict) else None,
         }
         print(json.dumps(line), flush=True)
+        if line["rpc"] == "tools/call" and Path("/tmp/garbage").exists():  # noqa: S108
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/html")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"<html>Sign in</html>"})
+            return None
         replayed = False
 
         async def replay():
