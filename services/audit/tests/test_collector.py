@@ -315,6 +315,43 @@ async def test_a_store_that_cannot_write_holds_the_events_until_it_can(
 
 
 @pytest.mark.anyio
+async def test_a_full_disk_stops_acknowledging_says_why_and_catches_up_when_space_returns(
+    redis: Redis, tmp_path: Path, signer: CheckpointSigner, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite's max_page_count stands in for the disk: writes past it fail with
+    SQLITE_FULL, exactly as on a full volume (the fault suite fills a real one)."""
+    store = AuditStore(tmp_path / "full.sqlite3", signer=signer)
+    try:
+        store.add_batch([event(n=-1)])
+        (pages,) = store._db.execute("PRAGMA page_count").fetchone()
+        store._db.execute(f"PRAGMA max_page_count={pages}")
+        worker = collector(redis, store, batch_size=50)
+        async with running(worker):
+            await xadd_all(redis, [event(n=i, padding="x" * 2000) for i in range(300)])
+            with anyio.fail_after(5):
+                while worker.stalled is None:
+                    await anyio.sleep(0.02)
+            assert worker.stalled is not None and "disk is full" in worker.stalled
+            await anyio.sleep(1.0)  # retries, each refused
+            assert store.count() == 1  # nothing half-written
+            # One batch in hand and one read ahead at most, none acknowledged; the rest
+            # waits in the stream, unread.
+            held = await pending(redis)
+            summary: Any = await redis.xinfo_groups(AUDIT_STREAM)
+            assert held in (50, 100) and held + summary[0]["lag"] == 300
+            store._db.execute("PRAGMA max_page_count=1073741823")  # space returns
+            await wait_stored(store, 301)
+            with anyio.fail_after(5):
+                while await pending(redis):
+                    await anyio.sleep(0.02)
+            assert worker.stalled is None
+        assert sorted(numbers(store)) == list(range(-1, 300))
+        assert store.verify(signer).ok
+    finally:
+        store.close()
+
+
+@pytest.mark.anyio
 async def test_a_batch_entry_is_stored_event_by_event_and_a_bad_one_is_dead_lettered(
     redis: Redis, store: AuditStore
 ) -> None:

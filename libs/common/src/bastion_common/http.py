@@ -34,6 +34,7 @@ __all__ = [
     "RESPONSE_HEADERS_KEY",
     "RESPONSE_STATUS_KEY",
     "MemoryPressure",
+    "NotReady",
     "ReadinessCheck",
     "RequestContextMiddleware",
     "ops_router",
@@ -158,7 +159,11 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
-class MemoryPressure(Exception):  # noqa: N818 - the name is what /readyz shows
+class NotReady(Exception):  # noqa: N818 - the name is what /readyz shows
+    """A readiness check's failure whose message says why (shown in /readyz)."""
+
+
+class MemoryPressure(NotReady):
     """Redis is near its maxmemory: with noeviction, writes will soon be refused."""
 
 
@@ -195,9 +200,9 @@ def ops_router(checks: Callable[[], Sequence[tuple[str, ReadinessCheck]]]) -> AP
         for name, check in checks():
             try:
                 results[name] = await check() or "ok"
-            except MemoryPressure as exc:
+            except NotReady as exc:
                 ready = False
-                results[name] = f"unavailable (MemoryPressure: {exc})"
+                results[name] = f"unavailable ({type(exc).__name__}: {exc})"
             except Exception as exc:  # noqa: BLE001 - any failure means not ready
                 ready = False
                 results[name] = f"unavailable ({type(exc).__name__})"

@@ -22,6 +22,7 @@ from bastion_audit.settings import Settings
 from bastion_audit.signing import CheckpointSigner
 from bastion_audit.store import AuditStore
 from bastion_common.errors import install_error_handlers
+from bastion_common.http import NotReady
 from bastion_common.logging import get_logger
 from bastion_common.service import ServiceState, create_service_app
 from bastion_common.tokens import TokenValidator, TrustedIssuer
@@ -136,6 +137,8 @@ def create_app(settings: Settings, *, http_client: httpx2.AsyncClient | None = N
         async def collector_check() -> None:
             if tasks[0].done():
                 raise RuntimeError("the collector has stopped")
+            if collector.stalled is not None:
+                raise NotReady(collector.stalled)
 
         state.checks += [("store", store_check), ("collector", collector_check)]
         try:

@@ -9,6 +9,9 @@
 - Redelivery is harmless: the store ignores an event id it already holds, so two
   replicas, a restart or a claim never create a duplicate.
 - Sensitive values are redacted again before storing, whatever the publisher did.
+- When the store's disk is full nothing is acknowledged: the entries wait in the stream,
+  the collector says why (log, metric, `stalled`, which /readyz shows) and retries with
+  backoff; once space returns it catches up from its pending entries.
 - Each entry's signature (`bastion_common.eventsign`) is checked against the key of the
   service it names: an entry that fails is stored all the same, flagged `verified:
   false` in the chain (the report alerts on it and its detectors leave it out), counted
@@ -25,14 +28,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from bastion_audit.anchor import AnchorBook
 from bastion_audit.redis_keys import DEAD_LETTER_MAX, DEAD_LETTER_STREAM
-from bastion_audit.store import AuditStore
+from bastion_audit.store import AuditStore, disk_full
 from bastion_common.audit import AUDIT_STREAM, AuditEvent, split_batch
 from bastion_common.eventsign import Provenance, check_entry
 from bastion_common.logging import get_logger, redact
@@ -47,6 +50,15 @@ UNVERIFIED = Counter(
     "bastion_audit_unverified_events_total",
     "Events whose stream entry was not signed by the service they claim (kept, flagged)",
 )
+STALLED = Gauge(
+    "bastion_audit_collector_stalled",
+    "1 while the collector cannot store (its disk is full): nothing is acknowledged",
+)
+DISK_FULL = (
+    "the audit store's disk is full: events wait in the stream, unacknowledged, "
+    "until space is freed"
+)
+_MAX_RETRY_DELAY = 5.0
 
 _TOP_LEVEL_TEXT = ("principal", "client_id", "tool", "ip")
 _RAW_LIMIT = 8192
@@ -185,6 +197,7 @@ class Collector:
         self._stream = stream
         self._stopping = False
         self._in_flight: asyncio.Task[int] | None = None
+        self.stalled: str | None = None  # why nothing is being stored, while that lasts
 
     def stop(self) -> None:
         """Finish the batch in hand, then leave `run` (a cancel alone can be swallowed
@@ -211,6 +224,7 @@ class Collector:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        delay = 0.5
         while not self._stopping:
             in_flight: asyncio.Task[int] | None = None
             self._in_flight = None
@@ -242,14 +256,26 @@ class Collector:
             except Exception as exc:  # noqa: BLE001 - top-level loop: never die, retry
                 # Redis or the store failed (or a bug): nothing of the batch in hand was
                 # acknowledged, so it is read again from our pending list on the next turn.
-                expected = isinstance(exc, RedisError | OSError | sqlite3.Error)
-                (log.warning if expected else log.error)(
-                    "audit.collector_retry", reason=type(exc).__name__
-                )
                 if in_flight is not None:
                     with contextlib.suppress(Exception):
                         await in_flight
-                await asyncio.sleep(0.5)
+                if disk_full(exc):
+                    self._stall(DISK_FULL)
+                else:
+                    expected = isinstance(exc, RedisError | OSError | sqlite3.Error)
+                    (log.warning if expected else log.error)(
+                        "audit.collector_retry", reason=type(exc).__name__
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
+            else:
+                delay = 0.5
+
+    def _stall(self, why: str) -> None:
+        if self.stalled is None:
+            log.error("audit.collector_stalled", reason=why)
+        self.stalled = why
+        STALLED.set(1)
 
     async def _read(self, start: str) -> Sequence[Entry]:
         # redis-py's declared return type is a union no caller can use; the shape is fixed.
@@ -299,6 +325,10 @@ class Collector:
         events, dead = batch.events, batch.dead
         stored = await self._store_events(events, batch.provenance) if events else 0
         STORED.inc(stored)
+        if self.stalled is not None:
+            log.info("audit.collector_resumed", stored=stored)
+            self.stalled = None
+            STALLED.set(0)
         # The dead letters and the acknowledgement travel together (MULTI), so a crash
         # cannot acknowledge an entry whose dead letter was not written.
         async with self._redis.pipeline(transaction=True) as pipe:

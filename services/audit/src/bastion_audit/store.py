@@ -17,6 +17,7 @@ cut-off, and remembers that checkpoint as the anchor the chain is verified from.
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import threading
@@ -46,6 +47,7 @@ __all__ = [
     "GENESIS_HASH",
     "AuditStore",
     "BadRecord",
+    "disk_full",
     "Checkpoint",
     "EventFilter",
     "VerifyResult",
@@ -112,6 +114,13 @@ class Checkpoint:
     signature: str
 
 
+def disk_full(exc: BaseException) -> bool:
+    """The store could not write for want of space (SQLite's SQLITE_FULL, or ENOSPC)."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
 class AuditStore:
     def __init__(
         self,
@@ -161,13 +170,16 @@ class AuditStore:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes SQLite's write lock before reading the head, so two
         # writers (threads or replicas) can never both append after the same row.
+        # A COMMIT that fails (a full disk) may leave the transaction open: it is rolled
+        # back too, or every later BEGIN would fail and the store never recover.
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     @contextmanager
     def reader(self) -> Iterator[sqlite3.Connection]:
