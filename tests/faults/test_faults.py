@@ -26,6 +26,8 @@ from tests.faults.load import Load, events_per_request, summary
 from tests.integration.audit_api import AuditApi, now
 from tests.integration.conftest import Stack
 from tests.integration.mcp_http import McpHttp
+from tests.integration.oauth import OAuthClient
+from tests.integration.test_attacks import admin, create_user
 
 pytestmark = pytest.mark.anyio
 
@@ -215,11 +217,51 @@ async def test_tools_killed_mid_load(stack: Stack, audit: AuditApi) -> None:
     assert figures["doubled"] == 0, figures
 
 
+async def _admin_headers(stack: Stack) -> dict[str, str]:
+    client = await OAuthClient.register(stack.urls["auth"], "fault-admin")
+    root = await client.token(*admin(stack), resource=f"{stack.urls['auth']}/admin",
+                              scope="admin:users")  # fmt: skip
+    return {"Authorization": f"Bearer {root['access_token']}"}
+
+
+async def _is_disabled(stack: Stack, username: str, token: str) -> tuple[bool, int]:
+    """What auth's admin API says of the person, and what tools answers their token."""
+    async with httpx2.AsyncClient(timeout=10) as http:
+        listed = await http.get(
+            f"{stack.urls['auth']}/admin/users", headers=await _admin_headers(stack)
+        )
+        person = next(u for u in listed.json()["users"] if u["username"] == username)
+        status = (await McpHttp(f"{stack.urls['tools']}/mcp", token).initialize(http)).status
+    return bool(person["disabled"]), status
+
+
+async def _disabled_person(stack: Stack) -> tuple[str, str]:
+    """A person with a token for tools, then disabled by the admin: (name, token)."""
+    username, password = await create_user(stack, "premium")
+    client = await OAuthClient.register(stack.urls["auth"], "fault-disabled")
+    body = await client.token(
+        username, password, resource=f"{stack.urls['tools']}/mcp", scope="weather:read"
+    )
+    async with httpx2.AsyncClient(timeout=10) as http:
+        done = await http.patch(
+            f"{stack.urls['auth']}/admin/users/{username}", json={"disabled": True},
+            headers=await _admin_headers(stack),
+        )  # fmt: skip
+        assert done.status_code == 200, done.text
+    token = str(body["access_token"])
+    assert await _is_disabled(stack, username, token) == (True, 401)
+    return username, token
+
+
 async def test_redis_stopped_for_ten_seconds(stack: Stack, audit: AuditApi) -> None:
+    """Also: a person disabled before the outage is still disabled after it (Redis comes
+    back from its append-only file; redis/redis#14541 once dropped every MULTI/EXEC)."""
+    username, token = await _disabled_person(stack)
     await _check_outage(
         "redis stopped 10 s", stack, audit,
         lambda: stack.run("stop", "redis"), lambda: stack.run("start", "redis"),
     )  # fmt: skip
+    assert await _is_disabled(stack, username, token) == (True, 401)
 
 
 async def test_redis_restarted_with_its_data_lost(stack: Stack, audit: AuditApi) -> None:
