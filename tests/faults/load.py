@@ -122,11 +122,14 @@ async def events_per_request(
     counts: Counter[str] = Counter()
     with anyio.move_on_after(timeout):
         while True:
-            counts = Counter()
+            # Built aside and kept only once whole: the timeout may cut a round short,
+            # and half a round would count a principal's events as lost.
+            latest: Counter[str] = Counter()
             for type_ in EVENT_TYPES:
                 for username, _ in load.principals:
                     for event in await audit.events(type_, since=since, principal=username):
-                        counts[str(event.get("request_id"))] += 1
+                        latest[str(event.get("request_id"))] += 1
+            counts = latest
             if expected <= set(counts):
                 break
             await anyio.sleep(1)

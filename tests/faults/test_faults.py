@@ -205,11 +205,20 @@ async def test_tools_killed_mid_load(stack: Stack, audit: AuditApi) -> None:
     figures = summary(counts, load, expected)
     before = [c for c in load.calls if c.status == 200 and c.done < times["stopping"] - MARGIN]
     missing_before = [c for c in before if c.request_id not in counts]
+    missing_any = [
+        c for c in load.calls
+        if c.status == 200 and c.request_id not in counts and c.done < times["stopping"]
+    ]  # fmt: skip
     recovery = times["recovered"] - times["started"] if times["recovered"] else None
     figures.update(
         statuses=load.statuses(load.calls),
         recovery_s=round(recovery, 2) if recovery is not None else None,
         missing_answered_over_1s_before_kill=len(missing_before),
+        # Where the missing events were answered, in seconds before the kill.
+        missing_answered_s_before_kill=sorted(
+            {round(times["stopping"] - c.done, 1) for c in missing_any}
+        )[-5:],
+        tools_spooled="audit.spooling" in stack.logs("tools"),
     )
     _report("tools SIGKILL", figures)
     assert not missing_before, figures
