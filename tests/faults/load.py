@@ -93,8 +93,10 @@ class Load:
                     status = reply.status
                     ran = status == 200 and reply.body is not None and "result" in reply.body \
                         and not reply.body["result"].get("isError")  # fmt: skip
-                    if reply.error:
+                    if isinstance(reply.error, dict):
                         error = f"{reply.error.get('code')} {reply.error.get('message')}"
+                    elif reply.error:  # an HTTP error's body (OAuth style): its text
+                        error = f"{status} {reply.error}"
                 except httpx2.HTTPError:
                     status, ran = 0, False  # no answer at all
                 self.calls.append(
