@@ -1,7 +1,8 @@
 """A corpus of malformed tokens at every endpoint of the stack that takes one: each is
-refused with a clear 4xx and an OAuth (or JSON-RPC) error body, never a 5xx, never a
-stack trace, and quickly (what cannot parse is refused before any signature work; the
-slowest answer per endpoint is printed and bounded).
+refused with a clear 4xx and an OAuth (or JSON-RPC) error body (introspection answers
+`{"active": false}`, as RFC 7662 says), never a 5xx, never a stack trace, and quickly
+(what cannot parse is refused before any signature work; the slowest answer per
+endpoint is printed and bounded).
 """
 
 from __future__ import annotations
@@ -93,13 +94,16 @@ async def _send(http: httpx2.AsyncClient, stack: Stack, client_id: str, where: s
         })  # fmt: skip
     if where == "auth /revoke":
         return await http.post(f"{auth}/revoke", data={"token": token, "client_id": client_id})
+    if where == "auth /introspect":  # as tools, the confidential client that may ask
+        tools_client = ("bastion-tools", stack.env["TOOLS_CLIENT_SECRET"])
+        return await http.post(f"{auth}/introspect", data={"token": token}, auth=tools_client)
     assert where == "audit /v1/events"
     return await http.get(f"{audit}/v1/events", headers=_bearer(token))
 
 
 ENDPOINTS = (
     "tools /mcp", "keys /token", "keys /v1/keys", "auth /admin/users", "auth /token refresh",
-    "auth /revoke", "audit /v1/events",
+    "auth /revoke", "auth /introspect", "audit /v1/events",
 )  # fmt: skip
 
 
@@ -119,6 +123,10 @@ async def test_every_malformed_token_is_refused_clearly_and_quickly(
             assert token not in text or len(token) < 8, (name, "the token is echoed back")
             if where == "auth /revoke" and response.status_code == 200:
                 continue  # RFC 7009 §2.2: an invalid token is answered 200 (nothing to revoke)
+            if where == "auth /introspect" and response.status_code == 200:
+                # RFC 7662 §2.2: inactive, and nothing more (a form too big to read is 400)
+                assert response.json() == {"active": False}, (name, text[:300])
+                continue
             assert 400 <= response.status_code < 500, (name, response.status_code, text[:300])
             body = response.json()
             if where == "tools /mcp" and "error" in body and isinstance(body["error"], dict):

@@ -40,7 +40,10 @@ async def read_form(request: Request) -> tuple[dict[str, str], list[str]]:
     try:
         form = await request.form(max_files=0, max_fields=32, max_part_size=8192)
     except Exception:  # noqa: BLE001 - an unparsable body is a bad request
-        raise OAuthError("invalid_request", "the request body could not be read") from None
+        raise OAuthError(
+            "invalid_request",
+            "the request body could not be read as a form (at most 32 fields, 8 KiB each)",
+        ) from None
     out: dict[str, str] = {}
     resources: list[str] = []
     for key, value in form.multi_items():
