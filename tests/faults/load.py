@@ -149,3 +149,9 @@ def summary(counts: Counter[str], load: Load, expected: int) -> dict[str, Any]:
         "doubled": sum(1 for rid, n in counts.items() if rid in ours and n > 1),
         "foreign": sum(1 for rid in counts if rid not in ours),
     }
+
+
+def assert_every_event_once(figures: dict[str, Any], expected: int) -> None:
+    """Every answered request has exactly one event in the store: none lost, none twice."""
+    assert figures["lost"] == 0 and figures["doubled"] == 0, figures
+    assert figures["events_stored"] == expected, figures

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.faults.load import Call, Load, events_per_request, summary
+from tests.faults.load import Call, Load, assert_every_event_once, events_per_request, summary
 from tests.integration.audit_api import AuditApi, now
 from tests.integration.conftest import Stack
 
@@ -44,6 +44,13 @@ def _report(name: str, figures: dict[str, object]) -> None:
 
 def _of(calls: list[Call], tool: str) -> list[Call]:
     return [c for c in calls if c.tool == tool]
+
+
+def _all_ran(calls: list[Call], tools: tuple[str, ...], figures: dict[str, Any]) -> None:
+    """Each of `tools` was called among `calls`, and every such call ran."""
+    for tool in tools:
+        others = _of(calls, tool)
+        assert others and all(c.ran for c in others), figures
 
 
 Step = Callable[[], object]
@@ -126,12 +133,9 @@ async def test_a_hanging_upstream_is_cut_off_by_its_timeout_and_breaker(
     ]
     assert slowest <= TIMEOUT + SLACK, figures
     assert fast_refusals, figures  # the breaker opened: refused without waiting
-    for tool in ("get_weather", "ev_echo"):
-        others = _of(during, tool)
-        assert others and all(c.ran for c in others), figures
+    _all_ran(during, ("get_weather", "ev_echo"), figures)
     assert recovery is not None and recovery <= 10, figures
-    assert figures["lost"] == 0 and figures["doubled"] == 0, figures
-    assert figures["events_stored"] == expected, figures
+    assert_every_event_once(figures, expected)
 
 
 async def test_an_upstream_killed_mid_stream_fails_its_open_calls_and_nothing_else(
@@ -173,12 +177,9 @@ async def test_an_upstream_killed_mid_stream_fails_its_open_calls_and_nothing_el
     ]
     assert figures["cut_answered_within_s"] <= TIMEOUT + SLACK, figures
     assert all(not c.ran and c.error.startswith("-32010 upstream everything") for c in down)
-    for tool in ("get_weather", "time_get_current_time"):
-        others = _of(during, tool)
-        assert others and all(c.ran for c in others), figures
+    _all_ran(during, ("get_weather", "time_get_current_time"), figures)
     assert recovery is not None and recovery <= 10, figures
-    assert figures["lost"] == 0 and figures["doubled"] == 0, figures
-    assert figures["events_stored"] == expected, figures
+    assert_every_event_once(figures, expected)
 
 
 async def test_an_upstream_answering_garbage_is_malformed_and_its_breaker_opens(
@@ -212,9 +213,6 @@ async def test_an_upstream_answering_garbage_is_malformed_and_its_breaker_opens(
     assert bad and all(not c.ran for c in bad), figures
     assert kinds == ["-32010 upstream time", "-32011 upstream time"], figures
     assert all("html" not in c.error.lower() for c in bad), figures
-    for tool in ("get_weather", "ev_echo"):
-        others = _of(during, tool)
-        assert others and all(c.ran for c in others), figures
+    _all_ran(during, ("get_weather", "ev_echo"), figures)
     assert recovery is not None and recovery <= 10, figures
-    assert figures["lost"] == 0 and figures["doubled"] == 0, figures
-    assert figures["events_stored"] == expected, figures
+    assert_every_event_once(figures, expected)
